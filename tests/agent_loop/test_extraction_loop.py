@@ -10,6 +10,7 @@ from scripted_server import ScriptedServer, make_loop, run_loop
 from verl_oel.agent_loop.episode_spec import EpisodeSpec
 from verl_oel.agent_loop.extraction_loop import KnowledgeExtractionLoop, StreamSpec
 from verl_oel.knowledge import load_stream, stream_path
+from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE
 
 
 class GameOrExtraction:
@@ -105,7 +106,8 @@ def test_in_context_probes_play_with_the_knowledge_so_far(tmp_path, tokenizer):
     output = extract(tokenizer, [stream_spec(tmp_path, games=2, probes=1)])
     summary = json.loads(output.extra_fields["oel_streams_summary"])[0]
     assert len(summary["in_context_passes"]) == 2
-    # The probe games (seed 99) are the only game prompts with knowledge in the system message.
+    # The probe games (seed 99) are the only game prompts with knowledge in context.
     prompts = [tokenizer.decode(call["prompt_ids"]) for call in extract.server.calls]
-    probe_prompts = [p for p in prompts if "Experience from earlier games" in p]
+    knowledge_heading = DEFAULT_KNOWLEDGE_TEMPLATE.split("{knowledge}")[0]
+    probe_prompts = [p for p in prompts if knowledge_heading in p]
     assert probe_prompts and all("rule number 1." in p for p in probe_prompts)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from scripted_server import ScriptedServer, make_loop, run_loop, segments
 
 from verl_oel.agent_loop.episode_spec import EpisodeSpec
 from verl_oel.agent_loop.game_loop import GameAgentLoop
+from verl_oel.distill.teacher import teacher_messages
+from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE
 
 
 def play(tokenizer, replies, spec: EpisodeSpec, response_length: int = 2048):
@@ -103,13 +106,17 @@ def test_per_turn_mode_records_each_turn_as_a_fresh_prompt(tokenizer):
     assert output.response_mask == [1] * len(output.response_ids)
 
 
-def test_knowledge_goes_into_the_system_message(tokenizer):
-    spec = EpisodeSpec(
-        game="frozenlake", seed=3, settings={"max_turns": 1}, knowledge="- EXPERIENCE ITEM: go right"
-    )
+def test_knowledge_goes_where_the_consolidation_teacher_reads_it(tokenizer):
+    knowledge = "- EXPERIENCE ITEM: go right"
+    spec = EpisodeSpec(game="frozenlake", seed=3, settings={"max_turns": 1}, knowledge=knowledge)
     output, _ = play(tokenizer, ["[right]"], spec)
-    system = output.extra_fields["oel_turn_prompts"][0][0]
-    assert system["role"] == "system" and "go right" in system["content"]
+    with_knowledge_prompt = output.extra_fields["oel_turn_prompts"][0]
+    plain, _ = play(tokenizer, ["[right]"], replace(spec, knowledge=""))
+    plain_prompt = plain.extra_fields["oel_turn_prompts"][0]
+    assert "go right" not in str(plain_prompt)
+    # Exactly the teacher's prompt for this student prompt: one placement for every path.
+    assert with_knowledge_prompt == teacher_messages(plain_prompt, knowledge, DEFAULT_KNOWLEDGE_TEMPLATE)
+    assert "go right" in with_knowledge_prompt[1]["content"]
 
 
 def test_per_turn_mode_with_record_dir_saves_the_episode_for_deployment(tokenizer, tmp_path):

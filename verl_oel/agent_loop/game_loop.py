@@ -22,6 +22,7 @@ from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 
 from verl_oel.envs import TextGame, make_game
 from verl_oel.knowledge import write_atomic
+from verl_oel.knowledge.injection import with_knowledge
 
 from .episode_spec import EpisodeSpec
 
@@ -60,11 +61,11 @@ def merge_rollout_fields(collected: dict[str, Any], output_fields: dict[str, Any
             collected[key] = int(collected[key]) + int(output_fields[key])
 
 
-def system_message(instruction: str, knowledge: str) -> str:
-    """The system message: the game's instruction, then the knowledge when there is any."""
-    if not knowledge.strip():
-        return instruction
-    return f"{instruction}\n\nExperience from earlier games:\n{knowledge.strip()}"
+def opening_messages(instruction: str, observation: str, knowledge: str) -> list[dict[str, str]]:
+    """The first prompt of an episode: the game's instruction as the system message, the observation as
+    the user message, with the knowledge (if any) where the consolidation teacher reads it."""
+    messages = [{"role": "system", "content": instruction}, {"role": "user", "content": observation}]
+    return with_knowledge(messages, knowledge)
 
 
 @dataclass
@@ -168,10 +169,7 @@ class GameAgentLoop(AgentLoopBase):
         self, game: TextGame, spec: EpisodeSpec, sampling_params: dict[str, Any], first_observation: str
     ) -> AgentLoopOutput:
         record = EpisodeRecord(observations=[first_observation])
-        messages = [
-            {"role": "system", "content": system_message(game.instruction, spec.knowledge)},
-            {"role": "user", "content": await _call_game(game.turn_prompt)},
-        ]
+        messages = opening_messages(game.instruction, await _call_game(game.turn_prompt), spec.knowledge)
         record.turn_prompts.append([dict(m) for m in messages])
         token_ids = await self.ct_build_initial_tokens(messages)
         prompt_length = len(token_ids)
@@ -227,10 +225,8 @@ class GameAgentLoop(AgentLoopBase):
         """Play the paper's deployment mode: each turn is a fresh prompt (system + the game log
         so far). Returns the record, and the last turn's prompt ids and server output."""
         record = EpisodeRecord(observations=[first_observation])
-        system = system_message(game.instruction, spec.knowledge)
         while True:
-            turn_prompt = await _call_game(game.turn_prompt)
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": turn_prompt}]
+            messages = opening_messages(game.instruction, await _call_game(game.turn_prompt), spec.knowledge)
             record.turn_prompts.append(messages)
             prompt_ids = await self.ct_build_initial_tokens(messages)
             output = await self._generate(

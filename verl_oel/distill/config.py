@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE
+
 from .losses import get_cd_loss
 
 TOPK_LOSSES = ("topk_reverse_kl",)
@@ -20,7 +22,6 @@ TOPK_LOSSES = ("topk_reverse_kl",)
 SAMPLED_TOKEN_LOSSES = ("k1", "k3")
 """Losses that need the teacher's log-prob at the sampled token only."""
 
-DEFAULT_KNOWLEDGE_TEMPLATE = "Experiential knowledge from earlier games:\n{knowledge}\n\n{prompt}"
 
 OEL_LOOP_KEYS = frozenset(
     {
@@ -51,10 +52,8 @@ class ConsolidationConfig:
     """On-policy context distillation settings (recipe section ``oel:``).
 
     The teacher is verl's ref model (the frozen round-start policy) reading the student's prompt with
-    the knowledge put into its FIRST USER MESSAGE through ``knowledge_template`` (``{knowledge}`` and
-    ``{prompt}`` placeholders). A user message rather than a system one because chat templates differ in
-    whether and how they render a system turn, while every one renders user turns; the knowledge then
-    sits right before the question, as in the OEL reference prompts.
+    the knowledge put into its first user message through ``knowledge_template``, exactly as evaluation
+    with knowledge in context puts it (``verl_oel.knowledge.injection``).
     """
 
     loss: str = "topk_reverse_kl"

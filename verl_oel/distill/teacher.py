@@ -18,19 +18,16 @@ from typing import Any, NamedTuple
 
 import torch
 
+from verl_oel.knowledge.injection import with_knowledge
+
 from .losses import teacher_logprobs_at, topk_support
 
 Messages = list[dict[str, Any]]
 
 
 def teacher_messages(messages: Sequence[dict[str, Any]], knowledge: str, template: str) -> Messages:
-    """The student's messages with ``knowledge`` put into the first user message through ``template``."""
-    copied = [dict(message) for message in messages]
-    for message in copied:
-        if message.get("role") == "user":
-            message["content"] = template.format(knowledge=knowledge, prompt=message["content"])
-            return copied
-    raise ValueError("the prompt has no user message to put the knowledge in")
+    """The student's messages with ``knowledge`` put where every path puts it (``with_knowledge``)."""
+    return with_knowledge(messages, knowledge, template)
 
 
 def build_teacher_prompt_ids(
