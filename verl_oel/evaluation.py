@@ -62,7 +62,7 @@ def read_knowledge(path: Path) -> str:
     return path.read_text()
 
 
-def _metric(metrics: dict[str, float], data_source: str, name: str) -> float:
+def validation_metric(metrics: dict[str, float], data_source: str, name: str) -> float:
     """verl names validation metrics ``val-{core,aux}/<data_source>/<name>/mean@<n>``."""
     for key, value in metrics.items():
         parts = key.split("/")
@@ -107,10 +107,10 @@ def evaluate(request: EvalRequest) -> EvalResult:
         game=request.game,
         num_games=request.num_games,
         with_knowledge=bool(knowledge.strip()),
-        pass_rate=_metric(metrics, data_source, "pass"),
-        tokens_per_turn=_metric(metrics, data_source, "tokens_per_turn"),
-        turns=_metric(metrics, data_source, "turns"),
-        invalid_actions=_metric(metrics, data_source, "invalid_actions"),
+        pass_rate=validation_metric(metrics, data_source, "pass"),
+        tokens_per_turn=validation_metric(metrics, data_source, "tokens_per_turn"),
+        turns=validation_metric(metrics, data_source, "turns"),
+        invalid_actions=validation_metric(metrics, data_source, "invalid_actions"),
     )
     tmp = out / ".eval.json.tmp"
     tmp.write_text(json.dumps(asdict(result), indent=2))

@@ -7,7 +7,9 @@ shared-memory segments the run leaves behind are removed afterwards.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,14 +61,31 @@ def validation_only_overrides(model: str | Path, data: Path, num_rows: int, work
     ]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel SIGKILLs it when the launcher dies (PR_SET_PDEATHSIG).
+
+    A killed ``verl-oel train`` must not leave verl training on behind it: the rerun that resumes the
+    run would then race an orphan on the same run directory (the launcher's lock died with it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def run_recipe(
-    recipe: str, overrides: list[str], extra_env: dict[str, str] | None = None, log_file: Path | None = None
+    recipe: str,
+    overrides: list[str],
+    extra_env: dict[str, str] | None = None,
+    log_file: Path | None = None,
+    echo: bool = False,
 ) -> int:
     """Run ``recipe`` with Hydra ``overrides``; returns verl's exit code (2: invalid recipe).
 
     ``extra_env`` wins over the recipe's ``process_env``, which wins over nothing: a variable
     already set in the caller's environment is kept. ``log_file`` receives verl's output
-    (console otherwise).
+    (console otherwise; with ``echo``, both). verl dies if this process dies.
     """
     env = dict(os.environ)
     env.update(extra_env or {})
@@ -82,7 +101,23 @@ def run_recipe(
     command = verl_command(recipe, overrides)
     with cleanup_new_shm_segments():
         if log_file is None:
-            return subprocess.call(command, env=env)
+            return subprocess.call(command, env=env, preexec_fn=_die_with_parent)
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "w") as log:
-            return subprocess.call(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with open(log_file, "wb") as log:
+            if not echo:
+                return subprocess.call(
+                    command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                )
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            return process.wait()

@@ -23,7 +23,8 @@ if cpu_platform_selected():
 when_imported("verl.experimental.agent_loop.agent_loop", register_agent_loops)
 
 # The consolidation trainer registers itself in verl's v1 trainer registry (selected by
-# `trainer.v1.trainer_mode: oel_consolidation`) when verl imports that registry.
-when_imported("verl.trainer.ppo.v1", lambda _: import_module("verl_oel.distill.trainer"))
+# `trainer.v1.trainer_mode: oel_consolidation`), and so does the OEL loop trainer (`oel`), when verl
+# imports that registry.
+when_imported("verl.trainer.ppo.v1", lambda _: import_module("verl_oel.oel.verl_trainer"))
 
 LOADED = True

@@ -110,11 +110,13 @@ def _check_consolidation(config: DictConfig) -> list[str]:
         return [str(error)]
     problems = check_single_update_per_batch(config)
     mode = _select(config, "trainer.v1.trainer_mode")
-    if not _select(config, "trainer.use_v1") or mode != "oel_consolidation":
+    # A whole OEL run (oel.rounds) needs the loop's trainer; a lone consolidation run, the distiller.
+    wanted = "oel" if _select(config, "oel.rounds") is not None else "oel_consolidation"
+    if not _select(config, "trainer.use_v1") or mode != wanted:
         use_v1 = _select(config, "trainer.use_v1")
         problems.append(
-            f"trainer.v1.trainer_mode={mode!r} (trainer.use_v1={use_v1}): a recipe with an oel: section "
-            "needs trainer.use_v1=true and trainer.v1.trainer_mode=oel_consolidation"
+            f"trainer.v1.trainer_mode={mode!r} (trainer.use_v1={use_v1}): this recipe's oel: section "
+            f"needs trainer.use_v1=true and trainer.v1.trainer_mode={wanted}"
         )
     prompt = _select(config, "data.max_prompt_length")
     response = _select(config, "data.max_response_length")

@@ -17,6 +17,7 @@ from verl_oel.envs import (
 def test_every_family_is_registered():
     assert list_games() == [
         "frozenlake",
+        "hidden-rule",
         "sokoban",
         "tw-coin_collector",
         "tw-cooking",
@@ -26,7 +27,7 @@ def test_every_family_is_registered():
 
 
 def test_unknown_game_names_itself_and_the_known_games():
-    with pytest.raises(ValueError, match=r"unknown game 'frozen_lake'.*frozenlake, sokoban"):
+    with pytest.raises(ValueError, match=r"unknown game 'frozen_lake'.*frozenlake, hidden-rule, sokoban"):
         make_game("frozen_lake")
 
 

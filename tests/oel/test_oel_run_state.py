@@ -9,6 +9,7 @@ from verl_oel.oel import (
     STAGES,
     NextStage,
     RunConfigMismatchError,
+    RunLockedError,
     RunSpec,
     RunState,
     StageOrderError,
@@ -167,3 +168,34 @@ def test_skipping_a_stage_another_one_needs_fails_at_start():
         make_spec(skip_stages=("checkpoint",))
     with pytest.raises(ValueError, match="unknown stages"):
         make_spec(skip_stages=("consolidate",))
+
+
+def test_a_restarted_run_loads_the_newest_model_its_finished_stages_produced(tmp_path):
+    with RunState.open(tmp_path / "run", make_spec()) as state:
+        assert state.start_model() == "/models/base"
+        finish(state, until=NextStage(1, "consolidation"))
+        assert state.start_model() == "/models/base"  # killed inside consolidation: pi_0 again
+        (state.stage_dir(1, "consolidation") / "output.txt").write_text("pi_1\n")
+        state.mark_done(1, "consolidation", {"hf_model": "/run/pi_1_hf"})
+        # Evaluation and checkpoint of round 1 still to run: they need pi_1, not pi_0.
+        assert state.start_model() == "/run/pi_1_hf"
+        finish(state, until=NextStage(2, "extraction"))
+        assert state.start_model() == str(state.layout.checkpoint_dir(1))
+        finish(state)
+        assert state.start_model() == str(state.layout.checkpoint_dir(2))
+
+
+def test_the_trainer_attaches_to_the_run_its_launcher_holds_locked(tmp_path):
+    with RunState.open(tmp_path / "run", make_spec()) as state:
+        attached = RunState.attach(tmp_path / "run")
+        assert attached.spec == state.spec
+        finish(attached, until=NextStage(1, "extraction"))
+        assert state.next_stage() == NextStage(1, "extraction")
+        attached.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            attached.mark_done(1, "extraction", {})
+        # Closing the attached view leaves the launcher's lock held.
+        with pytest.raises(RunLockedError):
+            RunState.open(tmp_path / "run", make_spec())
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        RunState.attach(tmp_path / "elsewhere")

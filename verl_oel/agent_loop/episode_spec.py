@@ -24,7 +24,10 @@ class EpisodeSpec:
     message, for evaluation with knowledge in context. ``record_dir`` (per-turn mode only):
     the loop also writes the episode's turn prompts and outcome to
     ``record_dir/episode_{seed}.json``, the way deployment data leaves verl's validation
-    pass, whose outputs the driver never sees.
+    pass, whose outputs the driver never sees. ``sampling_seed``: every generate call of the
+    episode samples with this vLLM seed (turn t with ``sampling_seed + t``), so the same model
+    plays the same episode whatever else the server is doing: what makes a resumed OEL run
+    reproduce an uninterrupted one. None: the server's own random stream.
     """
 
     game: str
@@ -34,6 +37,7 @@ class EpisodeSpec:
     knowledge: str = ""
     max_turn_tokens: int | None = None
     record_dir: str | None = None
+    sampling_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

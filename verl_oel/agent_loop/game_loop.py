@@ -128,6 +128,8 @@ class GameAgentLoop(AgentLoopBase):
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         spec = EpisodeSpec.from_row(kwargs)
+        if spec.sampling_seed is not None:
+            sampling_params = {**sampling_params, "seed": spec.sampling_seed}
         game = await _call_game(lambda: make_game(spec.game, **spec.settings))
         try:
             first_observation = await _call_game(game.reset, spec.seed)
@@ -142,8 +144,16 @@ class GameAgentLoop(AgentLoopBase):
         return min(budget, spec.max_turn_tokens) if spec.max_turn_tokens else budget
 
     async def _generate(
-        self, prompt_ids: list[int], sampling_params: dict[str, Any], max_tokens: int, fields: dict[str, Any]
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        max_tokens: int,
+        fields: dict[str, Any],
+        turn: int = 0,
     ):
+        if "seed" in sampling_params:
+            # A seeded episode's turns draw different noise: one seed for all would correlate them.
+            sampling_params = {**sampling_params, "seed": int(sampling_params["seed"]) + turn}
         output = await self.server_manager.generate(
             request_id=uuid4().hex,
             prompt_ids=prompt_ids,
@@ -177,7 +187,11 @@ class GameAgentLoop(AgentLoopBase):
         logprobs: list[float] = []
         while True:
             output = await self._generate(
-                token_ids, sampling_params, self._max_tokens(len(response_mask), spec), record.rollout_fields
+                token_ids,
+                sampling_params,
+                self._max_tokens(len(response_mask), spec),
+                record.rollout_fields,
+                turn=record.turns,
             )
             merged, response_mask, logprobs = await self.ct_merge_assistant_token(
                 token_ids,
@@ -230,7 +244,11 @@ class GameAgentLoop(AgentLoopBase):
             record.turn_prompts.append(messages)
             prompt_ids = await self.ct_build_initial_tokens(messages)
             output = await self._generate(
-                prompt_ids, sampling_params, self._max_tokens(0, spec), record.rollout_fields
+                prompt_ids,
+                sampling_params,
+                self._max_tokens(0, spec),
+                record.rollout_fields,
+                turn=record.turns,
             )
             _, result = await self._step(game, output.token_ids, record)
             if result.done:

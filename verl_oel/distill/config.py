@@ -33,6 +33,7 @@ OEL_LOOP_KEYS = frozenset(
         "deployment",
         "consolidation_steps",
         "mode",
+        "teacher",
         "evaluation",
         "run_dir",
     }

@@ -9,7 +9,7 @@ copy of the starting weights (ref). This subclass adds, without touching verl's 
   identical response ids, and returns its log-probs at the student's top-k ids (or at the sampled token)
   at the rollout temperature, aligned to the student's positions;
 - ``refresh_teacher``: the actor's weights copied into the ref, so the teacher of the next round is the
-  policy that ends this one;
+  policy that ends this one; ``reset_optimizer``, for a round's fresh start;
 - the update: verl's own ``update_actor`` with the consolidation loss (``actor_loss.py``) set as the
   actor's loss function.
 
@@ -216,3 +216,32 @@ class ConsolidationWorker(ActorRolloutRefWorker):
         with torch.no_grad():
             for name, teacher_param in self.ref.engine.module.named_parameters():
                 teacher_param.copy_(actor_state[name])
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer's moments and step counts: each OEL round trains from its start model
+        with a fresh optimizer, as the paper's rounds do (each a separate run from the merged
+        checkpoint), which is also what a run resumed from that checkpoint does."""
+        if self.actor is None:
+            raise RuntimeError("reset_optimizer needs a worker holding the actor")
+        self.actor.engine.optimizer.state.clear()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def teacher_fingerprint(self) -> list[float]:
+        """``weights_fingerprint`` of the frozen teacher (the ref model), to record which policy it is."""
+        if self.ref is None:
+            raise RuntimeError("teacher_fingerprint needs a worker holding the ref model")
+        return weights_fingerprint(self.ref.engine.module)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> list[float]:
+    """(sum, sum of squares) of every parameter in float64: equal for the same weights however they are
+    held (an FSDP module, a saved HF folder loaded by transformers), different for any trained change."""
+    total, squares = 0.0, 0.0
+    with torch.no_grad():
+        for parameter in module.parameters():
+            full = parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
+            values = full.detach().to("cpu", torch.float64)
+            total += float(values.sum())
+            squares += float((values * values).sum())
+    return [total, squares]

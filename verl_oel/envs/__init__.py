@@ -1,7 +1,8 @@
 """Text games behind one small interface (`TextGame`), picked by name with `make_game`.
 
 Importing this package registers every family: TextWorld's (`tw-coin_collector`, `tw-treasure_hunter`,
-`tw-cooking`, `tw-custom`) and TextArena's (`frozenlake`, `sokoban`).
+`tw-cooking`, `tw-custom`), TextArena's (`frozenlake`, `sokoban`) and the hidden-rule doors
+(`hidden-rule`).
 """
 
 from verl_oel.envs.base import (
@@ -23,6 +24,7 @@ from verl_oel.envs.grid_games import (
     Sokoban,
     SokobanSettings,
 )
+from verl_oel.envs.hidden_rule import HiddenRuleGame, HiddenRuleSettings
 from verl_oel.envs.textworld_games import (
     CoinCollector,
     CoinCollectorSettings,
@@ -46,6 +48,8 @@ __all__ = [
     "FrozenLakeSettings",
     "GameSettings",
     "GridGameSettings",
+    "HiddenRuleGame",
+    "HiddenRuleSettings",
     "Outcome",
     "Sokoban",
     "SokobanSettings",

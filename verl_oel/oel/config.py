@@ -16,6 +16,13 @@ from typing import Any
 from verl_oel.distill.config import OEL_LOOP_KEYS, ConsolidationConfig
 from verl_oel.oel.extraction_stage import ExtractionConfig
 
+TRAINER_MODE = "oel"
+"""verl's v1 trainer mode that runs the loop (``verl_oel.oel.verl_trainer.OELTrainer``)."""
+
+TEACHERS = ("frozen", "moving")
+"""``frozen``: the round-start policy is the teacher for the whole round (the paper); ``moving``: the live
+student, refreshed before every consolidation step (an ablation: the teacher drifts with the student)."""
+
 MODES = ("replay", "online")
 """``replay``: the student answers the saved deployment prompts (the paper's OEL); ``online``: the
 student plays the environment during consolidation (OPCD's variant)."""
@@ -51,6 +58,8 @@ class EvaluationConfig:
 
     games: int = 128
     seed: int = 0
+    # Also play the held-out games with the round's knowledge in context (the teacher's setting).
+    with_knowledge: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class OELConfig:
     deployment: DeploymentConfig = DeploymentConfig()
     consolidation_steps: int = 50
     mode: str = "replay"
+    teacher: str = "frozen"
     evaluation: EvaluationConfig = EvaluationConfig()
     # Where the run lives; None: the recipe's trainer.default_local_dir.
     run_dir: str | None = None
@@ -86,6 +96,8 @@ class OELConfig:
         problems += _positive(section, ("rounds", "consolidation_steps"))
         if section.get("mode", "replay") not in MODES:
             problems.append(f"oel.mode={section['mode']!r}; expected one of {list(MODES)}")
+        if section.get("teacher", "frozen") not in TEACHERS:
+            problems.append(f"oel.teacher={section['teacher']!r}; expected one of {list(TEACHERS)}")
         game = section.get("game")
         settings = dict(section.get("game_settings") or {})
         if game is not None:
@@ -123,6 +135,7 @@ class OELConfig:
             deployment=deployment,
             consolidation_steps=section.get("consolidation_steps", cls.consolidation_steps),
             mode=section.get("mode", "replay"),
+            teacher=section.get("teacher", "frozen"),
             evaluation=evaluation,
             run_dir=section.get("run_dir"),
         )

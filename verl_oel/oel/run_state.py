@@ -357,11 +357,42 @@ class RunState:
             raise
         return cls(layout, spec, lock_handle)
 
+    @classmethod
+    def attach(cls, run_dir: str | os.PathLike[str]) -> RunState:
+        """The run that the process which launched this one opened and keeps locked.
+
+        ``verl-oel train`` opens the run (lock, settings check) and then launches verl, whose trainer runs
+        in another process: a Ray actor, which cannot share the launcher's lock. The launcher holds the
+        lock for as long as the trainer lives, and dies with it (see ``launch.run_recipe``), so the
+        trainer works on the run under that lock, with the settings run.json recorded.
+        """
+        layout = RunLayout(Path(run_dir).resolve())
+        if not layout.run_json.is_file():
+            raise FileNotFoundError(f"{layout.run_json} is missing: open the run with RunState.open first")
+        return cls(layout, read_run_spec(layout), _HELD_BY_LAUNCHER)
+
+    def start_model(self) -> str:
+        """The model a (re)started run loads: the newest policy its finished stages produced.
+
+        Before a round's consolidation it is the previous round's model (the round's extractor, teacher
+        and student start); once consolidation is done, the round's own consolidated model, whose
+        checkpoint and evaluation may still be pending. The loaded model is also the frozen teacher
+        (verl's ref), which is right in both cases: a round's teacher is only read by its consolidation.
+        """
+        step = self.next_stage()
+        if step is None:
+            return self.round_model(self.spec.rounds)
+        if step.round == 0:
+            return self.spec.base_model
+        if self.is_done(step.round, "consolidation"):
+            return str(self.summary(step.round, "consolidation")["hf_model"])
+        return self.previous_model(step.round)
+
     def close(self) -> None:
         """Release the lock (the OS also releases it if the process dies)."""
-        if self._lock_handle is not None:
+        if self._lock_handle is not None and self._lock_handle is not _HELD_BY_LAUNCHER:
             self._lock_handle.close()
-            self._lock_handle = None
+        self._lock_handle = None
 
     def __enter__(self) -> RunState:
         return self
@@ -466,6 +497,10 @@ class RunState:
     def _require_open(self) -> None:
         if self._lock_handle is None:
             raise RuntimeError("the run state was closed; reopen it to change the run")
+
+
+_HELD_BY_LAUNCHER = object()
+"""The lock handle of a run attached to (``RunState.attach``): the launching process holds the lock."""
 
 
 def _acquire_lock(layout: RunLayout) -> Any:

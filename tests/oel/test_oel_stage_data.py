@@ -1,0 +1,82 @@
+"""The rows OEL stages play and train on: seeds, splits, knowledge and the consolidation format."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from verl_oel.agent_loop.episode_spec import EpisodeSpec
+from verl_oel.agent_loop.replay_loop import AGENT_NAME, SEED_KEY
+from verl_oel.oel.config import OELConfig
+from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
+
+LOOP = OELConfig.from_mapping(
+    {
+        "rounds": 2,
+        "game": "frozenlake",
+        "game_settings": {"max_turns": 3},
+        "deployment": {"games": 3, "max_turn_tokens": 16},
+        "evaluation": {"games": 4},
+    }
+)
+EPISODES = [
+    {
+        "game": "frozenlake",
+        "seed": seed,
+        "turn_prompts": [[{"role": "user", "content": f"{seed}/{t}"}] for t in range(3)],
+    }
+    for seed in (10, 11)
+]
+
+
+def specs(rows):
+    return [EpisodeSpec.from_row(row) for row in rows]
+
+
+def test_one_consolidation_row_per_turn_prompt_replayed_by_the_seeded_replay_loop():
+    rows = consolidation_rows(LOOP, 1, EPISODES, ["A", "B"])
+    assert [row["prompt"][0]["content"] for row in rows] == ["10/0", "10/1", "10/2", "11/0", "11/1", "11/2"]
+    assert [row["extra_info"]["index"] for row in rows] == list(range(6))
+    assert all(row["agent_name"] == AGENT_NAME for row in rows)
+    assert all(row["oel_knowledge"] == "AB"[row["extra_info"]["oel_stream"]] for row in rows)
+    seeds = [row["extra_info"][SEED_KEY] for row in rows]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_the_stream_and_seed_per_row_are_reproducible_and_change_with_the_round():
+    first = consolidation_rows(LOOP, 1, EPISODES * 10, ["A", "B"])
+    assert first == consolidation_rows(LOOP, 1, EPISODES * 10, ["A", "B"])
+    assert {row["oel_knowledge"] for row in first} == {"A", "B"}
+    second_round = consolidation_rows(LOOP, 2, EPISODES * 10, ["A", "B"])
+    assert not {r["extra_info"][SEED_KEY] for r in first} & {r["extra_info"][SEED_KEY] for r in second_round}
+
+
+def test_deployment_plays_fresh_games_each_round_and_records_them(tmp_path):
+    round_1, round_2 = (specs(deployment_rows(LOOP, r, tmp_path / str(r))) for r in (1, 2))
+    assert len(round_1) == len(round_2) == 3
+    assert not {s.seed for s in round_1} & {s.seed for s in round_2}
+    assert all(s.mode == "per_turn" and s.record_dir == str(tmp_path / "1") for s in round_1)
+    assert all(s.knowledge == "" and s.max_turn_tokens == 16 for s in round_1)
+    assert len({s.sampling_seed for s in round_1 + round_2}) == 6
+
+
+def test_evaluation_plays_the_same_games_and_sampling_seeds_every_time_with_or_without_knowledge():
+    plain, again = specs(evaluation_rows(LOOP)), specs(evaluation_rows(LOOP))
+    assert plain == again and len(plain) == 4
+    with_knowledge = specs(evaluation_rows(LOOP, ["K0", "K1"]))
+    assert [s.knowledge for s in with_knowledge] == ["K0", "K1", "K0", "K1"]
+    assert [replace(s, knowledge="") for s in with_knowledge] == plain
+    deployed = {s.seed for r in (1, 2) for s in specs(deployment_rows(LOOP, r, Path("episodes")))}
+    assert not deployed & {s.seed for s in plain}
+
+
+@pytest.mark.parametrize("purpose", ["evaluation", "deployment", "consolidation"])
+def test_no_two_purposes_share_a_sampling_seed(purpose):
+    from verl_oel.oel.stage_data import sampling_seed
+
+    others = {p for p in ("evaluation", "deployment", "consolidation") if p != purpose}
+    mine = {sampling_seed(LOOP, purpose, r, i) + t for r in range(3) for i in range(50) for t in range(10)}
+    theirs = {sampling_seed(LOOP, p, r, i) + t for p in others for r in range(3) for i in range(50) for t in range(10)}
+    assert not mine & theirs

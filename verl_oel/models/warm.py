@@ -1,0 +1,440 @@
+"""The warmed tiny model (``verl-oel build-model warm``): a model that can USE and WRITE knowledge.
+
+No real model plays the paper's games offline, so OEL's learning is proven on CPU with the hidden-rule
+doors (``verl_oel.envs.hidden_rule``) and a tiny Qwen3 given two skills by a short, deterministic
+supervised phase on the WARM families only:
+
+(a) acting: on exactly the per-turn prompt the game agent loop builds (the game's instruction as the
+    system message, the turn prompt as the user message, knowledge placed by ``with_knowledge``), it
+    answers ``[sign]``. With an item stating the family's rule in its knowledge (alone, repeated, or
+    among unrelated items) the sign is the rule's; WITHOUT knowledge it is a uniformly random door of
+    the room, so the model is at chance until it learns the rule;
+(b) extracting: on exactly the extraction prompt (``build_extraction_messages`` of the game record the
+    extraction loop builds, with the stream's knowledge so far, possibly empty) it writes one item
+    naming the rule the trajectory's outcome shows: ``- EXPERIENCE ITEM: [sign] doors lead out.``
+
+Both skills are copies (of the sign in the knowledge, of the sign in the outcome line), so they carry
+over to HELD-OUT families, whose rule the model never saw stated. The OEL loop must then move the
+rule of a held-out family from the knowledge into the weights.
+
+The loss is on the reply tokens only (the reply and ``<|im_end|>``, as the loop decodes it). The
+build is cached like the tiny model's: ``build_info.json`` records a hash of every setting, the seed
+and ``WARM_VERSION``; the same seed gives byte-identical weights (fixed seeds, 2 torch threads,
+deterministic algorithms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from verl_oel.envs import make_game
+from verl_oel.envs.hidden_rule import HELD_OUT_FAMILIES, WARM_FAMILIES, HiddenRuleGame
+from verl_oel.knowledge import DEFAULT_MARKER, GameRecord, GameTurn, build_extraction_messages, render_items
+from verl_oel.knowledge.injection import with_knowledge
+from verl_oel.models.build import BuildModelError, TinyModelSpec, _build, _library_versions
+from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer, qwen_vocab_sha256
+
+# Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
+WARM_VERSION = 1
+GAME = "hidden-rule"
+BUILD_THREADS = 2
+
+# Knowledge items: the rule as the extractor writes it, other phrasings of it, and unrelated items.
+RULE_PHRASINGS = (
+    "[{sign}] doors lead out.",
+    "[{sign}] doors lead out",
+    "[{sign}] doors lead",
+    "[{sign}] doors",
+    "Open the door marked [{sign}].",
+    "Only [{sign}] doors lead out; the others are dead ends.",
+    "The plaque says [{sign}] doors lead out.",
+)
+OTHER_ITEMS = (
+    "Read every door before you choose.",
+    "Reply with one bracketed word only.",
+    "A dead end ends the game at once.",
+    "The colour of a door does not matter.",
+    "Each room has exactly one exit.",
+    "Think briefly, then act.",
+    "Do not repeat a door that failed.",
+    "Signs are written in square brackets.",
+)
+
+
+def rule_item(sign: str) -> str:
+    """The item the warmed extractor writes for a family (without the marker)."""
+    return RULE_PHRASINGS[0].format(sign=sign)
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmModelSpec:
+    """The warm model's shape (the tiny model's by default) and its supervised phase."""
+
+    model: TinyModelSpec = TinyModelSpec()
+    steps: int = 240
+    game_batch: int = 32
+    extraction_batch: int = 8
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # Share of game examples WITH the rule in the knowledge (the rest: no knowledge, random door).
+    knowledge_share: float = 0.6
+    door_counts: tuple[int, ...] = (3, 4, 4, 5)
+    families: tuple[str, ...] = WARM_FAMILIES
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts, exactly as the pipeline builds them
+
+
+def game_messages(game: HiddenRuleGame, knowledge: str) -> list[dict[str, str]]:
+    """The per-turn prompt of ``verl_oel.agent_loop.game_loop.opening_messages`` (copied here: that
+    module imports verl): instruction as system, turn prompt as user, knowledge by ``with_knowledge``."""
+    messages = [
+        {"role": "system", "content": game.instruction},
+        {"role": "user", "content": game.turn_prompt()},
+    ]
+    return with_knowledge(messages, knowledge)
+
+
+def extraction_messages(
+    instruction: str,
+    observations: Sequence[str],
+    replies: Sequence[str],
+    won: bool,
+    reason: str,
+    knowledge: str,
+) -> list[dict[str, str]]:
+    """The extraction prompt as ``verl_oel.agent_loop.extraction_loop`` builds it: the record pairs each
+    observation the game showed before a reply (the first observation, then each answer) with that reply."""
+    turns = [GameTurn(observation=o, reply=r) for o, r in zip(observations, replies, strict=False)]
+    record = GameRecord(instructions=instruction, turns=turns, won=won, reason=reason)
+    return build_extraction_messages(record, knowledge)
+
+
+def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict | transformers.BatchEncoding) else ids)
+
+
+def _reply_ids(tokenizer: Any, reply: str) -> list[int]:
+    return tokenizer.encode(reply, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training data
+
+
+def _random_knowledge(rng: random.Random, sign: str | None) -> str:
+    """Rendered knowledge: the rule of ``sign`` (1-2 phrasings), mixed with 0-3 unrelated items."""
+    items = []
+    if sign is not None:
+        # The extractor's own phrasing most often: it is what the OEL loop puts in the knowledge.
+        phrasings = [RULE_PHRASINGS[0]] * 4 + list(RULE_PHRASINGS[1:])
+        items += [rng.choice(phrasings).format(sign=sign) for _ in range(rng.choice((1, 1, 1, 2)))]
+    items += rng.sample(OTHER_ITEMS, rng.choice((0, 0, 1, 2, 3)))
+    rng.shuffle(items)
+    return render_items(items)
+
+
+def _new_game(rng: random.Random, spec: WarmModelSpec, family: str) -> tuple[HiddenRuleGame, str]:
+    game = make_game(GAME, family=family, num_doors=rng.choice(spec.door_counts))
+    return game, game.reset(rng.randrange(2**31))
+
+
+def game_example(rng: random.Random, spec: WarmModelSpec, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """One turn prompt and its target reply: the rule's sign with knowledge, a random door without."""
+    game, _ = _new_game(rng, spec, rng.choice(spec.families))
+    if rng.random() < spec.knowledge_share:
+        knowledge, reply = _random_knowledge(rng, game.exit_sign), f"[{game.exit_sign}]"
+    else:
+        knowledge = _random_knowledge(rng, None) if rng.random() < 0.1 else ""
+        reply = f"[{rng.choice(game.doors)[1]}]"
+    messages = game_messages(game, knowledge)
+    game.close()
+    return _prompt_ids(tokenizer, messages), _reply_ids(tokenizer, reply)
+
+
+def _played_reply(rng: random.Random, game: HiddenRuleGame) -> str:
+    """A reply as an unwarmed or warmed player may give it: mostly a door, sometimes not."""
+    roll = rng.random()
+    if roll < 0.8:
+        return f"[{rng.choice(game.doors)[1]}]"
+    if roll < 0.9:
+        return f"[{rng.choice(WARM_FAMILIES + HELD_OUT_FAMILIES)}]"
+    return rng.choice(("", "I open a door.", "[", "door", "[red]", "]"))
+
+
+def extraction_example(
+    rng: random.Random, spec: WarmModelSpec, tokenizer: Any
+) -> tuple[list[int], list[int]]:
+    """One extraction prompt (a played game, the stream's knowledge so far) and the rule's item."""
+    game, first = _new_game(rng, spec, rng.choice(spec.families))
+    observations, replies = [first], []
+    while game.outcome is None:
+        reply = _played_reply(rng, game)
+        result = game.step(reply)
+        observations.append(result.observation)
+        replies.append(reply)
+    roll = rng.random()
+    if roll < 0.5:
+        knowledge = ""
+    elif roll < 0.8:
+        knowledge = _random_knowledge(rng, game.exit_sign)
+    else:
+        knowledge = _random_knowledge(rng, None)
+    messages = extraction_messages(
+        game.instruction, observations, replies, game.outcome.won, game.outcome.reason, knowledge
+    )
+    target = f"{DEFAULT_MARKER} {rule_item(game.exit_sign)}"
+    game.close()
+    return _prompt_ids(tokenizer, messages), _reply_ids(tokenizer, target)
+
+
+def _collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask, and the positions whose next token is a reply token."""
+    width = max(len(p) + len(r) for p, r in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for row, (prompt, reply) in enumerate(examples):
+        seq = prompt + reply
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        for offset, token in enumerate(reply):
+            rows.append(row)
+            cols.append(len(prompt) + offset - 1)
+            targets.append(token)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "rows": torch.tensor(rows),
+        "cols": torch.tensor(cols),
+        "targets": torch.tensor(targets),
+    }
+
+
+def _reply_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the reply tokens, projecting only those positions to the vocabulary."""
+    hidden = model.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    logits = model.lm_head(hidden[batch["rows"], batch["cols"]])
+    loss = torch.nn.functional.cross_entropy(logits, batch["targets"], reduction="sum")
+    return loss, int(batch["targets"].numel())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Build
+
+
+@contextmanager
+def _deterministic_torch(seed: int) -> Iterator[None]:
+    """Fixed threads, seeds and algorithms for the build; the caller's settings come back afterwards."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(BUILD_THREADS)
+        torch.use_deterministic_algorithms(True)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+            torch.set_num_threads(threads)
+
+
+def _new_model(spec: TinyModelSpec, tokenizer: Any) -> transformers.Qwen3ForCausalLM:
+    config = transformers.Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        tie_word_embeddings=True,
+        dtype="float32",
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return transformers.Qwen3ForCausalLM(config)
+
+
+def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 20) -> tuple[Any, Any]:
+    """Runs the supervised phase in memory; returns (model, tokenizer). Deterministic per seed."""
+    tokenizer = build_qwen_prefix_tokenizer(spec.model.vocab_size, spec.model.max_position_embeddings)
+    rng = random.Random(f"warm/{seed}")
+    with _deterministic_torch(seed):
+        model = _new_model(spec.model, tokenizer)
+        model.train()
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay
+        )
+
+        def schedule(step: int) -> float:
+            if step < spec.warmup_steps:
+                return (step + 1) / spec.warmup_steps
+            progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        start, running = time.perf_counter(), []
+        for step in range(spec.steps):
+            games = [game_example(rng, spec, tokenizer) for _ in range(spec.game_batch)]
+            extractions = [extraction_example(rng, spec, tokenizer) for _ in range(spec.extraction_batch)]
+            total, count = torch.zeros(()), 0
+            for examples in (games, extractions):
+                if examples:
+                    loss, n = _reply_loss(model, _collate(examples, tokenizer.pad_token_id))
+                    total, count = total + loss, count + n
+            loss = total / count
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            running.append(loss.item())
+            if log_every and ((step + 1) % log_every == 0 or step + 1 == spec.steps):
+                print(
+                    f"warm-up step {step + 1}/{spec.steps}: reply loss {sum(running) / len(running):.4f} "
+                    f"({time.perf_counter() - start:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                running = []
+        model.eval()
+    return model, tokenizer
+
+
+def build_warm_model(
+    out_dir: str | Path, seed: int = 0, spec: WarmModelSpec | None = None, force: bool = False
+) -> Path:
+    """Builds (or finds already built) the warmed tiny model in ``out_dir``; returns its path."""
+    spec = spec or WarmModelSpec()
+    try:
+        vocab_sha256 = qwen_vocab_sha256()
+    except FileNotFoundError as err:
+        raise BuildModelError(str(err)) from err
+    settings = {
+        "kind": "warm",
+        "warm_version": WARM_VERSION,
+        "seed": seed,
+        "spec": dataclasses.asdict(spec),
+        "game": GAME,
+        "held_out_families": list(HELD_OUT_FAMILIES),
+        "build_threads": BUILD_THREADS,
+        "qwen_vocab_sha256": vocab_sha256,
+        "versions": _library_versions(),
+    }
+
+    def write(folder: Path) -> None:
+        model, tokenizer = train_warm_model(spec, seed)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return _build(Path(os.path.abspath(out_dir)), settings, write, force)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measuring the skills (tests, reports)
+
+EVAL_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+GREEDY = {"do_sample": False}
+
+
+def generate_replies(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    sampling: dict[str, Any],
+    max_new_tokens: int,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[str]:
+    """Replies to chat prompts with transformers' generate (left-padded batches), decoded as the loop does."""
+    replies: list[str] = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for first in range(0, len(prompts), batch_size):
+            chunk = [_prompt_ids(tokenizer, messages) for messages in prompts[first : first + batch_size]]
+            width = max(len(ids) for ids in chunk)
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk])
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
+            output = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+            replies += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    return replies
+
+
+def play_games(
+    model: Any,
+    tokenizer: Any,
+    family: str,
+    seeds: Sequence[int],
+    knowledge: str = "",
+    sampling: dict[str, Any] | None = None,
+    num_doors: int = 4,
+    max_new_tokens: int = 16,
+) -> list[dict[str, Any]]:
+    """One-turn hidden-rule games played by the model; each result holds what extraction needs."""
+    games = []
+    for seed in seeds:
+        game = make_game(GAME, family=family, num_doors=num_doors)
+        games.append((game, game.reset(seed)))
+    prompts = [game_messages(game, knowledge) for game, _ in games]
+    replies = generate_replies(model, tokenizer, prompts, sampling or EVAL_SAMPLING, max_new_tokens)
+    results = []
+    for (game, first), reply in zip(games, replies, strict=True):
+        result = game.step(reply)
+        results.append(
+            {
+                "instruction": game.instruction,
+                "observations": [first, result.observation],
+                "replies": [reply],
+                "won": result.outcome.won,
+                "reason": result.outcome.reason,
+                "invalid": result.invalid,
+            }
+        )
+        game.close()
+    return results
+
+
+def extract_replies(
+    model: Any,
+    tokenizer: Any,
+    played: Sequence[dict[str, Any]],
+    knowledge: str = "",
+    sampling: dict[str, Any] | None = None,
+    max_new_tokens: int = 24,
+) -> list[str]:
+    """The model's extraction replies for played games (see ``play_games``), with ``knowledge`` so far."""
+    prompts = [
+        extraction_messages(
+            p["instruction"], p["observations"], p["replies"], p["won"], p["reason"], knowledge
+        )
+        for p in played
+    ]
+    return generate_replies(model, tokenizer, prompts, sampling or EVAL_SAMPLING, max_new_tokens)

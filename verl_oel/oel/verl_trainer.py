@@ -1,0 +1,352 @@
+"""The OEL loop as one verl trainer: every stage of every round in ONE verl launch.
+
+Selected from YAML through verl's own trainer registry (``trainer.v1.trainer_mode: oel``); ``verl-oel
+train`` opens the run directory, then launches verl's ``main_ppo`` with this mode (``trainer.py``).
+``OELTrainer`` is the consolidation trainer (``verl_oel.distill.trainer``) whose ``fit`` runs the rounds
+instead of one training loop. Between consolidation epochs, the "recipe callback" of the design card, it
+uses the pieces verl already started once:
+
+- extraction, deployment and evaluation are verl's validation pass (``_validate``) over rows this module
+  writes: the same agent loops, vLLM server, reward function and ``val_kwargs`` sampling as training;
+  the agent loops write knowledge streams and deployment episodes to the run directory;
+- consolidation is verl's training step on the round's replayed deployment prompts, with the frozen
+  teacher (verl's ref, refreshed from the actor at the round's start) reading them with the knowledge;
+- the checkpoint is verl's own HF save of the actor, published into the run directory.
+
+Stage markers (``RunState``) make a killed run resumable: the launcher restarts verl from the newest
+model on disk (``RunState.start_model``) and this trainer skips every finished stage. Everything a
+stage samples is seeded per row and each round starts with a fresh optimizer, so the resumed run
+reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import transfer_queue as tq
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torchdata.stateful_dataloader import StatefulDataLoader
+from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.utils.dataset.rl_dataset import collate_fn
+from verl.utils.debug import marked_timer
+from verl.utils.skip import SkipManager
+from verl.utils.tracking import DapoFilteredRewardTableLogger, Tracking, ValidationGenerationsLogger
+
+from verl_oel.data.parquet_io import write_parquet_atomic
+from verl_oel.distill.trainer import ConsolidationTrainer
+from verl_oel.distill.worker import weights_fingerprint
+from verl_oel.evaluation import validation_metric
+from verl_oel.knowledge import load_stream, stream_path, write_atomic
+from verl_oel.oel.config import TRAINER_MODE, OELConfig
+from verl_oel.oel.extraction_stage import collect_extraction, extraction_rows, stream_specs
+from verl_oel.oel.report import ConsolidationSummary, InContextPoint, RoundEval, save_round_eval
+from verl_oel.oel.run_state import RunState
+from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
+
+
+def _log(message: str) -> None:
+    print(f"verl-oel oel: {message}", file=sys.stderr, flush=True)
+
+
+def _plain(value: Any) -> Any:
+    """A metric value as plain JSON data (verl's metrics hold numpy scalars)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@register_trainer(TRAINER_MODE)
+class OELTrainer(ConsolidationTrainer):
+    """All rounds of Online Experiential Learning in one verl launch (see the module docstring)."""
+
+    def __init__(self, config: DictConfig) -> None:
+        self.loop = OELConfig.from_mapping(OmegaConf.to_container(config.oel, resolve=True))
+        if self.loop.run_dir is None:
+            raise ValueError("oel.run_dir: the OEL trainer needs the run directory (verl-oel train sets it)")
+        super().__init__(config)
+
+    # ---------------------------------------------------------------- verl hooks
+
+    def _init_dataloader(self) -> None:
+        """No dataset at start-up: every stage writes the rows it plays or trains on."""
+        self.train_dataset = self.val_dataset = None
+        self.train_dataloader = self.val_dataloader = None
+        self.train_dataloader_it = None
+        with open_dict(self.config):
+            # verl's non-"sync" trainer modes refill exactly one prompt per dataloader fetch.
+            self.config.data.gen_batch_size = 1
+        self.steps_per_epoch = self.loop.consolidation_steps
+        self.total_training_steps = self.loop.rounds * self.loop.consolidation_steps
+        with open_dict(self.config):
+            # The LR schedule's horizon counts optimizer updates over the whole run.
+            self.config.actor_rollout_ref.actor.optim.total_training_steps = self.total_training_steps
+
+    def fit(self, agent_loop_manager: Any) -> None:
+        self.agent_loop_manager = agent_loop_manager
+        SkipManager.init(self.config)
+        names = (self.config.trainer.project_name, self.config.trainer.experiment_name)
+        self.logger = Tracking(
+            project_name=names[0],
+            experiment_name=names[1],
+            default_backend=self.config.trainer.logger,
+            config=OmegaConf.to_container(self.config, resolve=True),
+        )
+        self.validation_generations_logger = ValidationGenerationsLogger(*names)
+        self.dapo_filtered_reward_logger = DapoFilteredRewardTableLogger(*names)
+        self.prev_step_profile = self.curr_step_profile = self.next_step_profile = False
+        self.state = RunState.attach(self.loop.run_dir)
+        stages = {
+            "teacher_refresh": self._teacher_refresh,
+            "extraction": self._extraction,
+            "deployment": self._deployment,
+            "consolidation": self._consolidation,
+            "evaluation": self._evaluation,
+            "checkpoint": self._checkpoint,
+        }
+        while (step := self.state.next_stage()) is not None:
+            stage = stages[step.stage] if step.round > 0 else self._evaluate_base
+            _log(f"round {step.round}: {step.stage} ...")
+            self.state.stage_dir_for_retry(step.round, step.stage)
+            started = time.monotonic()
+            summary = {"seconds": 0.0, **stage(step.round)}
+            summary["seconds"] = round(time.monotonic() - started, 1)
+            self.state.mark_done(step.round, step.stage, summary)
+            self.logger.log(data=self._stage_metrics(step.round, step.stage, summary), step=self.global_steps)
+            _log(f"round {step.round}: {step.stage} done {json.dumps(summary)}")
+        self._shutdown_dump_executor()
+
+    @staticmethod
+    def _stage_metrics(round: int, stage: str, summary: dict[str, Any]) -> dict[str, float]:
+        """A finished stage's numbers for verl's tracking (console, wandb, tensorboard...)."""
+        return {
+            f"oel/{stage}/{key}": float(value)
+            for key, value in summary.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        } | {"oel/round": float(round)}
+
+    # ---------------------------------------------------------------- playing rows
+
+    def _play(self, rows: list[dict[str, Any]], path: Path) -> dict[str, float]:
+        """Play ``rows`` once through verl's validation pass; returns verl's validation metrics."""
+        write_parquet_atomic(rows, path)
+        dataset = create_rl_dataset(
+            [str(path)], self.config.data, self.tokenizer, self.processor, is_train=False
+        )
+        if len(dataset) != len(rows):
+            raise RuntimeError(
+                f"{path}: verl kept {len(dataset)} of {len(rows)} rows (prompts longer than "
+                f"data.max_prompt_length={self.config.data.max_prompt_length} are dropped): raise it"
+            )
+        self.val_dataset = dataset
+        self.val_dataloader = StatefulDataLoader(
+            dataset=dataset,
+            batch_size=len(dataset),
+            num_workers=0,
+            shuffle=False,
+            drop_last=False,
+            collate_fn=collate_fn,
+        )
+        return self._validate()
+
+    def _use_train_rows(self, path: Path) -> None:
+        """Make ``path`` verl's training data, read from its first row in order."""
+        self.train_dataset = create_rl_dataset(
+            [str(path)], self.config.data, self.tokenizer, self.processor, is_train=True
+        )
+        self.train_dataloader = StatefulDataLoader(
+            dataset=self.train_dataset,
+            batch_size=1,
+            num_workers=0,
+            drop_last=True,
+            collate_fn=collate_fn,
+            sampler=create_rl_sampler(self.config.data, self.train_dataset),
+        )
+        self.train_dataloader_it = None
+
+    def _round_knowledge(self, round: int) -> list[str]:
+        """The round's knowledge as the teacher reads it: each stream's cut-point snapshot, rendered."""
+        root = self.state.layout.knowledge_root(round)
+        return [
+            load_stream(stream_path(root, round, index)).render()
+            for index in range(self.loop.extraction.num_streams)
+        ]
+
+    # ---------------------------------------------------------------- the stages
+
+    def _evaluate(self, round: int, knowledge: list[str] | None) -> dict[str, float]:
+        name = "with_knowledge" if knowledge else "no_knowledge"
+        path = self.state.layout.stage_dir(round, "evaluation") / f"{name}.parquet"
+        metrics = self._play(evaluation_rows(self.loop, knowledge), path)
+        source = f"verl_oel/{self.loop.game}"
+        return {
+            "pass_rate": validation_metric(metrics, source, "pass"),
+            "tokens_per_turn": validation_metric(metrics, source, "tokens_per_turn"),
+        }
+
+    def _evaluate_base(self, round: int) -> dict[str, Any]:
+        result = self._evaluate(round, None)
+        record = RoundEval(
+            round=0,
+            num_games=self.loop.evaluation.games,
+            pass_rate_no_knowledge=result["pass_rate"],
+            tokens_per_turn=result["tokens_per_turn"],
+        )
+        save_round_eval(self.state.layout, record)
+        return result
+
+    def _teacher_refresh(self, round: int) -> dict[str, Any]:
+        """The frozen teacher of round r is pi_{r-1}: the actor as the round starts (after a resume, the
+        model verl loaded, which is the same policy)."""
+        self.refresh_teacher()
+        teacher = self.state.previous_model(round)
+        # Which weights the teacher really holds, comparable with a saved model's (weights_fingerprint).
+        fingerprint = self.actor_rollout_wg.teacher_fingerprint()[0]
+        document = {"round": round, "teacher": teacher, "fingerprint": fingerprint}
+        write_atomic(
+            self.state.layout.stage_dir(round, "teacher_refresh") / "teacher.json", json.dumps(document)
+        )
+        return {"teacher": teacher, "teacher_fingerprint": fingerprint}
+
+    def _extraction(self, round: int) -> dict[str, Any]:
+        out_dir = self.state.layout.knowledge_root(round)
+        config = self.loop.extraction
+        specs = stream_specs(config, round, out_dir)
+        self._play(extraction_rows(specs, config.concurrent), out_dir / "streams.parquet")
+        result = collect_extraction(out_dir, config, round)
+        return {
+            "streams": len(result.streams),
+            "items": result.items,
+            "pass_rate": result.pass_rate,
+            "in_context_curve": result.in_context_curve,
+        }
+
+    def _deployment(self, round: int) -> dict[str, Any]:
+        """Fresh games without knowledge; the agent loop saves each episode, then one row per turn prompt."""
+        out_dir = self.state.layout.deployment_dir(round)
+        episodes_dir = out_dir / "episodes"
+        rows = deployment_rows(self.loop, round, episodes_dir)
+        self._play(rows, out_dir / "games.parquet")
+        episodes = [json.loads(path.read_text()) for path in sorted(episodes_dir.glob("episode_*.json"))]
+        if len(episodes) != len(rows):
+            raise RuntimeError(f"deployment saved {len(episodes)} of {len(rows)} episodes in {episodes_dir}")
+        prompts = consolidation_rows(self.loop, round, episodes, self._round_knowledge(round))
+        batch = int(self.config.data.train_batch_size)
+        if len(prompts) < batch:
+            raise RuntimeError(
+                f"deployment saved {len(prompts)} turn prompts, fewer than data.train_batch_size={batch}: "
+                "raise oel.deployment.games"
+            )
+        write_parquet_atomic(prompts, out_dir / "prompts.parquet")
+        return {
+            "games": len(episodes),
+            "pass_rate": sum(e["won"] for e in episodes) / len(episodes),
+            "turn_prompts": len(prompts),
+        }
+
+    def _consolidation(self, round: int) -> dict[str, Any]:
+        """``consolidation_steps`` of verl's training step from pi_{r-1} with a fresh optimizer; saves pi_r
+        as an HF folder (verl's checkpoint manager, ``save_contents: [hf_model]``)."""
+        layout = self.state.layout
+        out_dir = layout.stage_dir(round, "consolidation")
+        steps = self.loop.consolidation_steps
+        self._use_train_rows(layout.deployment_dir(round) / "prompts.parquet")
+        self.actor_rollout_wg.reset_optimizer()
+        # Steps are numbered across rounds (round r holds steps (r-1)*S+1 .. r*S), resumed or not.
+        self.global_steps = (round - 1) * steps
+        records = []
+        for _ in range(steps):
+            self.global_steps += 1
+            SkipManager.set_step(self.global_steps)
+            if self.loop.teacher == "moving":
+                self.refresh_teacher()
+            metrics: dict[str, Any] = {}
+            self.timing_raw = {}
+            with marked_timer("step", self.timing_raw):
+                batch = self.step(metrics, self.timing_raw)
+                self.on_step_end()  # the rollout server gets the new weights
+                metrics.update(self._consume_sync_metrics())
+            self._compute_metrics(
+                batch, metrics, self.timing_raw, global_steps=self.global_steps, epoch=round - 1
+            )
+            tq.kv_clear(keys=batch.keys, partition_id=batch.partition_id)
+            metrics["oel/round"] = round
+            self.logger.log(data=metrics, step=self.global_steps)
+            records.append({"step": self.global_steps, "data": {k: _plain(v) for k, v in metrics.items()}})
+        lines = "".join(json.dumps(record, default=str) + "\n" for record in records)
+        write_atomic(layout.metrics_jsonl(round), lines)
+        hf_model = out_dir / "actor" / "huggingface"
+        self.actor_rollout_wg.save_checkpoint(
+            str(out_dir / "actor"), None, self.global_steps, max_ckpt_to_keep=None
+        )
+        if not (hf_model / "config.json").is_file() or not list(hf_model.glob("*.safetensors")):
+            raise RuntimeError(f"consolidation saved no HF model in {hf_model}")
+        kl = [record["data"]["actor/oel/kl"] for record in records]
+        return {"hf_model": str(hf_model), "steps": len(kl), "kl_first": kl[0], "kl_last": kl[-1], "kl": kl}
+
+    def _evaluation(self, round: int) -> dict[str, Any]:
+        """pi_r on the held-out games without knowledge and, if asked, with the round's knowledge in context
+        (the teacher's setting, read by the student model)."""
+        extraction = self.state.summary(round, "extraction")
+        consolidation = self.state.summary(round, "consolidation")
+        result = self._evaluate(round, None)
+        with_knowledge = (
+            self._evaluate(round, self._round_knowledge(round))
+            if self.loop.evaluation.with_knowledge
+            else None
+        )
+        curve = extraction["in_context_curve"]
+        record = RoundEval(
+            round=round,
+            num_games=self.loop.evaluation.games,
+            pass_rate_no_knowledge=result["pass_rate"],
+            tokens_per_turn=result["tokens_per_turn"],
+            pass_rate_with_knowledge=with_knowledge["pass_rate"] if with_knowledge else None,
+            tokens_per_turn_with_knowledge=with_knowledge["tokens_per_turn"] if with_knowledge else None,
+            knowledge_items=sum(extraction["items"]),
+            in_context_curve=tuple(InContextPoint(games=i + 1, pass_rate=p) for i, p in enumerate(curve)),
+            consolidation=ConsolidationSummary(
+                kl_first=consolidation["kl_first"],
+                kl_last=consolidation["kl_last"],
+                steps=consolidation["steps"],
+            ),
+        )
+        save_round_eval(self.state.layout, record)
+        summary = {"pass_rate": result["pass_rate"], "tokens_per_turn": result["tokens_per_turn"]}
+        if with_knowledge:
+            summary["pass_rate_with_knowledge"] = with_knowledge["pass_rate"]
+        return summary
+
+    def _checkpoint(self, round: int) -> dict[str, Any]:
+        """Copy pi_r's HF folder beside the checkpoint folder, check transformers loads it, then rename it
+        in: the checkpoint folder is either absent (stage unfinished) or whole."""
+        target = self.state.layout.checkpoint_dir(round)
+        source = Path(self.state.summary(round, "consolidation")["hf_model"])
+        temporary = target.with_name(f".{target.name}.tmp")
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        shutil.copytree(source, temporary)
+        parameters, fingerprint = verify_hf_folder(temporary)
+        target.rmdir()  # the empty folder stage_dir_for_retry made
+        os.replace(temporary, target)
+        return {"model": str(target), "parameters": parameters, "fingerprint": fingerprint}
+
+
+def verify_hf_folder(folder: Path) -> tuple[int, list[float]]:
+    """Load the folder as the next round's launches will (transformers, tokenizer with its chat template);
+    returns the parameter count and the weights' fingerprint. A checkpoint that does not load must never
+    be published."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not tokenizer.chat_template:
+        raise RuntimeError(f"{folder}: the tokenizer has no chat template; the game prompts need one")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    return sum(parameter.numel() for parameter in model.parameters()), weights_fingerprint(model)
