@@ -77,6 +77,9 @@ def test_no_two_purposes_share_a_sampling_seed(purpose):
     from verl_oel.oel.stage_data import sampling_seed
 
     others = {p for p in ("evaluation", "deployment", "consolidation") if p != purpose}
-    mine = {sampling_seed(LOOP, purpose, r, i) + t for r in range(3) for i in range(50) for t in range(10)}
-    theirs = {sampling_seed(LOOP, p, r, i) + t for p in others for r in range(3) for i in range(50) for t in range(10)}
-    assert not mine & theirs
+
+    def seeds(purposes):
+        grid = [(p, r, i, t) for p in purposes for r in range(3) for i in range(50) for t in range(10)]
+        return {sampling_seed(LOOP, p, r, i) + t for p, r, i, t in grid}
+
+    assert not seeds([purpose]) & seeds(others)

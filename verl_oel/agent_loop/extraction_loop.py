@@ -29,6 +29,7 @@ from verl_oel.knowledge import (
     KnowledgeCounts,
     KnowledgeStream,
     build_extraction_messages,
+    game_record_line,
     save_stream,
     write_atomic,
 )
@@ -37,6 +38,9 @@ from .episode_spec import EpisodeSpec
 from .game_loop import EpisodeRecord, GameAgentLoop, _call_game, merge_rollout_fields
 
 AGENT_NAME = "oel_extract_stream"
+
+
+KNOWLEDGE_SOURCES = ("items", "trajectories")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,15 @@ class StreamSpec:
     max_item_tokens: int = 256
     in_context_games: list[EpisodeSpec] = field(default_factory=list)
     sampling_seed: int = 0
+    # "items": the model's extracted items (OEL); "trajectories": each game's raw record as the item
+    # (an ablation; the model's reply is still generated and logged, not kept).
+    knowledge_source: str = "items"
+
+    def __post_init__(self) -> None:
+        if self.knowledge_source not in KNOWLEDGE_SOURCES:
+            raise ValueError(
+                f"knowledge_source={self.knowledge_source!r}; expected one of {list(KNOWLEDGE_SOURCES)}"
+            )
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -153,7 +166,10 @@ class KnowledgeExtractionLoop(GameAgentLoop):
                 prompt_ids, seeded, min(spec.max_item_tokens, self.response_length), rollout_fields
             )
             reply = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
-            counts = stream.add_reply(reply, seed=episode.seed, won=record.won, game=episode.game)
+            kept = reply
+            if spec.knowledge_source == "trajectories":
+                kept = f"{spec.marker} {game_record_line(game_record(instruction, record))}"
+            counts = stream.add_reply(kept, seed=episode.seed, won=record.won, game=episode.game)
             last = (prompt_ids, output)
             if spec.in_context_games:
                 probe = spec.in_context_games[index % len(spec.in_context_games)]

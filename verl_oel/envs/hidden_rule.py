@@ -113,10 +113,9 @@ class HiddenRuleGame(TextGame):
     @property
     def instruction(self) -> str:
         return (
-            "You are playing Doors. You stand in a room with several doors; each is marked with a sign. "
-            "Open one door by writing its sign in brackets, for example [sign]. You may think first; "
-            "only the last bracketed word in your reply counts. One door leads out and wins the game; "
-            "any other door is a dead end and ends the game."
+            "You are playing Doors. Each door is marked with a sign. Open one door by writing its sign "
+            "in brackets, e.g. [sign]; only the last bracketed word of your reply counts. One door leads "
+            "out; any other door is a dead end."
         )
 
     @property

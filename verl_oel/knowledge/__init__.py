@@ -5,7 +5,12 @@ extract items, the trainer that builds teacher prompts, and offline tools that i
 """
 
 from verl_oel.knowledge.counts import KnowledgeCounts
-from verl_oel.knowledge.extraction_prompt import GameRecord, GameTurn, build_extraction_messages
+from verl_oel.knowledge.extraction_prompt import (
+    GameRecord,
+    GameTurn,
+    build_extraction_messages,
+    game_record_line,
+)
 from verl_oel.knowledge.parsing import (
     DEFAULT_MARKER,
     ParsedItems,
@@ -47,6 +52,7 @@ __all__ = [
     "TokenCounter",
     "approx_token_count",
     "build_extraction_messages",
+    "game_record_line",
     "check_marker",
     "load_store",
     "load_stream",

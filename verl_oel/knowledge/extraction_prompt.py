@@ -80,3 +80,9 @@ def _game_record(game: GameRecord) -> str:
     outcome = "You won" if game.won else "You lost"
     parts.append(f"### Result\n\n{outcome}. The game's reason: {game.reason.strip() or '(none given)'}")
     return "\n\n".join(parts)
+
+
+def game_record_line(game: GameRecord) -> str:
+    """The game record the extractor reads, on one line: a knowledge item made of the raw trajectory
+    (the "raw trajectories instead of knowledge" ablation)."""
+    return " ".join(_game_record(game).split())

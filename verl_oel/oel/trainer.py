@@ -70,6 +70,7 @@ def run_oel(recipe: str, overrides: list[str]) -> int:
         rounds=loop.rounds,
         seed=loop.seed,
         config=OmegaConf.to_container(config, resolve=True),
+        skip_stages=loop.skip_stages,
     )
     with RunState.open(run_dir, spec, safe_to_change=OEL_SAFE_TO_CHANGE) as state:
         _log(f"run directory {state.layout.run_dir}: {loop.rounds} round(s) of {loop.game} from {base_model}")

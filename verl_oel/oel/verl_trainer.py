@@ -84,7 +84,8 @@ class OELTrainer(ConsolidationTrainer):
             # verl's non-"sync" trainer modes refill exactly one prompt per dataloader fetch.
             self.config.data.gen_batch_size = 1
         self.steps_per_epoch = self.loop.consolidation_steps
-        self.total_training_steps = self.loop.rounds * self.loop.consolidation_steps
+        # At least one: verl builds the actor's LR schedule even for a run that never trains.
+        self.total_training_steps = max(1, self.loop.rounds * self.loop.consolidation_steps)
         with open_dict(self.config):
             # The LR schedule's horizon counts optimizer updates over the whole run.
             self.config.actor_rollout_ref.actor.optim.total_training_steps = self.total_training_steps
@@ -295,7 +296,8 @@ class OELTrainer(ConsolidationTrainer):
         """pi_r on the held-out games without knowledge and, if asked, with the round's knowledge in context
         (the teacher's setting, read by the student model)."""
         extraction = self.state.summary(round, "extraction")
-        consolidation = self.state.summary(round, "consolidation")
+        trained = self.state.is_done(round, "consolidation")
+        consolidation = self.state.summary(round, "consolidation") if trained else None
         result = self._evaluate(round, None)
         with_knowledge = (
             self._evaluate(round, self._round_knowledge(round))
@@ -316,7 +318,9 @@ class OELTrainer(ConsolidationTrainer):
                 kl_first=consolidation["kl_first"],
                 kl_last=consolidation["kl_last"],
                 steps=consolidation["steps"],
-            ),
+            )
+            if consolidation
+            else None,
         )
         save_round_eval(self.state.layout, record)
         summary = {"pass_rate": result["pass_rate"], "tokens_per_turn": result["tokens_per_turn"]}
