@@ -14,11 +14,11 @@ from verl_oel.oel.trainer import load_oel_recipe, run_oel
 from verl_oel.recipe_checks import RecipeError, check_recipe
 from verl_oel.recipe_loader import compose_recipe, list_recipes
 
-BASES = ("cpu_base",)
+BASES = ("cpu_base", "oel_cpu_demo_base")
 """Composed by other recipes, never run alone (and so without Hydra's search path)."""
 
 RECIPES = [name for name in list_recipes() if name not in BASES]
-OEL_RECIPES = [name for name in RECIPES if name.startswith("oel_")]
+OEL_RECIPES = [name for name in RECIPES if name.startswith(("oel_", "oel-"))]
 
 
 def _on_cpu(config) -> bool:
@@ -97,3 +97,35 @@ def test_an_unknown_loop_key_is_named(tiny_model_dir):
 def test_the_online_variant_says_it_is_not_implemented(tiny_model_dir):
     with pytest.raises(NotImplementedError, match="oel.mode=online"):
         load_oel_recipe("oel_cpu_tiny", [f"actor_rollout_ref.model.path={tiny_model_dir}", "oel.mode=online"])
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("oel-cpu-demo-moving-teacher", "oel.teacher", "moving"),
+        ("oel-cpu-demo-raw-trajectories", "oel.extraction.knowledge_source", "trajectories"),
+        ("oel-cpu-demo-in-context", "oel.consolidation_steps", 0),
+    ],
+)
+def test_each_ablation_is_the_demo_with_its_one_change(name, key, value, tiny_model_dir):
+    demo, ablation = (_compose(recipe, tiny_model_dir) for recipe in ("oel-cpu-demo", name))
+    assert OmegaConf.select(ablation, key) == value != OmegaConf.select(demo, key)
+    loops = [OELConfig.from_mapping(OmegaConf.to_container(c.oel, resolve=True)) for c in (demo, ablation)]
+    assert (loops[0].game, loops[0].game_settings, loops[0].seed) == (
+        loops[1].game,
+        loops[1].game_settings,
+        loops[1].seed,
+    )
+    assert loops[1].skip_stages == (
+        ("teacher_refresh", "deployment", "consolidation", "checkpoint")
+        if key == "oel.consolidation_steps"
+        else ()
+    )
+
+
+def test_a_run_recipe_on_the_lone_consolidation_trainer_fails_naming_the_key(tiny_model_dir):
+    config = _compose("oel_cpu_tiny", tiny_model_dir, "trainer.v1.trainer_mode=oel_consolidation")
+    with pytest.raises(
+        RecipeError, match=r"trainer\.v1\.trainer_mode='oel_consolidation'.*trainer_mode=oel\b"
+    ):
+        check_recipe(config)

