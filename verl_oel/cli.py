@@ -107,21 +107,24 @@ def _cmd_build_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The README's main job: build the tiny model, write data, run the CPU recipe."""
-    from .data.smoke import write_smoke_data
-    from .models.build import build_tiny_model
+    """The README's main job: build the warmed tiny model (cached), then OEL on a held-out hidden-rule
+    family (recipe ``oel-cpu-demo``), ending with the report and its plot."""
+    from .models.warm import build_warm_model
+    from .oel.trainer import run_oel
 
     run_dir = Path(args.run_dir).resolve()
-    model_dir = build_tiny_model(run_dir / "models" / "tiny", seed=args.seed)
-    data_dir = write_smoke_data(run_dir / "smoke_data", seed=args.seed)
-    from .launch import run_recipe
+    model_dir = build_warm_model(run_dir / "models" / "warm", seed=args.seed)
+    return run_oel(
+        DEMO_RECIPE,
+        [
+            f"actor_rollout_ref.model.path={model_dir}",
+            f"trainer.default_local_dir={run_dir / DEMO_RECIPE}",
+            *args.overrides,
+        ],
+    )
 
-    env = {
-        "VERL_OEL_MODEL": str(model_dir),
-        "VERL_OEL_DATA": str(data_dir),
-        "VERL_OEL_RUN_DIR": str(run_dir / "grpo_cpu_smoke"),
-    }
-    return run_recipe("grpo_cpu_smoke", list(args.overrides), extra_env=env)
+
+DEMO_RECIPE = "oel-cpu-demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(func=_cmd_report)
 
-    demo = sub.add_parser("demo", help="the main job on CPU (README)")
+    demo = sub.add_parser(
+        "demo", help="the main job on CPU: OEL with the warmed tiny model on a held-out hidden-rule family"
+    )
     demo.add_argument("--run-dir", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")

@@ -59,7 +59,9 @@ def test_folder_is_an_ordinary_hf_model_with_the_tiny_tokenizer_and_chat_templat
     assert type(model).__name__ == "Qwen3ForCausalLM" and model.dtype == torch.float32
     assert model.config.head_dim >= 32
     assert tokenizer.chat_template == CHATML_TEMPLATE
-    assert model.config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert (
+        model.config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    )
     assert build_warm_model(warm_dir, seed=0) == warm_dir  # cached: returns at once
 
 
@@ -86,7 +88,12 @@ def test_the_rule_among_other_items_and_repeated_still_works(warm):
     model, tokenizer = warm
     family = HELD_OUT_FAMILIES[2]
     knowledge = render_items(
-        ["Read every door before you choose.", rule_item(family), "Think briefly, then act.", rule_item(family)]
+        [
+            "Read every door before you choose.",
+            rule_item(family),
+            "Think briefly, then act.",
+            rule_item(family),
+        ]
     )
     assert _pass_rate(play_games(model, tokenizer, family, SEEDS, knowledge, EVAL_SAMPLING)) >= 0.9
 
@@ -104,7 +111,9 @@ def test_writes_the_held_out_rule_from_won_and_lost_trajectories(warm, sampling)
             and reply.startswith(DEFAULT_MARKER)
             for reply in replies
         ]
-        print(f"extraction {sampling}, knowledge {bool(knowledge)}: {sum(named)}/{len(named)}; e.g. {replies[0]!r}")
+        print(
+            f"extraction {sampling}, knowledge {bool(knowledge)}: {sum(named)}/{len(named)}; e.g. {replies[0]!r}"
+        )
         assert sum(named) / len(named) >= 0.9
 
 

@@ -289,6 +289,7 @@ class OELTrainer(ConsolidationTrainer):
         )
         if not (hf_model / "config.json").is_file() or not list(hf_model.glob("*.safetensors")):
             raise RuntimeError(f"consolidation saved no HF model in {hf_model}")
+        align_config_dtype(hf_model)
         kl = [record["data"]["actor/oel/kl"] for record in records]
         return {"hf_model": str(hf_model), "steps": len(kl), "kl_first": kl[0], "kl_last": kl[-1], "kl": kl}
 
@@ -354,3 +355,25 @@ def verify_hf_folder(folder: Path) -> tuple[int, list[float]]:
         raise RuntimeError(f"{folder}: the tokenizer has no chat template; the game prompts need one")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
     return sum(parameter.numel() for parameter in model.parameters()), weights_fingerprint(model)
+
+
+def align_config_dtype(folder: Path) -> str:
+    """Make config.json state the dtype the weights are saved in; returns it.
+
+    verl's HF save builds its model skeleton in bfloat16 (so config.json says ``bfloat16``) and then saves
+    the actor's own state dict, float32 on CPU: transformers' ``dtype="auto"`` would then load a float32
+    checkpoint as bfloat16, silently rounding the consolidated weights.
+    """
+    from safetensors import safe_open
+
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    with safe_open(str(shard), framework="pt") as weights:
+        dtype = str(weights.get_tensor(next(iter(weights.keys()))).dtype).removeprefix("torch.")
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = dtype
+    write_atomic(config_path, json.dumps(config, indent=2) + "\n")
+    return dtype
+
