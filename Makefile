@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-e2e lint
+.PHONY: setup demo test lint
 
 setup:
 	bash scripts/setup_cpu.sh
@@ -12,10 +12,7 @@ demo: setup
 	$(VENV)/bin/verl-oel demo
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=1800 -m "not e2e" tests
-
-test-e2e: setup
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=3600 -m e2e tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=1800 tests
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

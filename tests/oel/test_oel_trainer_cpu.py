@@ -140,7 +140,8 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
     assert teacher[2]["teacher_fingerprint"] != pytest.approx(base, rel=1e-9)
 
     # Every stage also reached verl's tracking (here its file backend), and the report is whole.
-    logged = [json.loads(line)["data"] for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    logs = list((reference_run / "logs").glob("metrics_*.jsonl"))
+    logged = [json.loads(line)["data"] for path in logs for line in path.read_text().splitlines()]
     assert any("oel/extraction/pass_rate" in data for data in logged)
     report = json.loads((reference_run / "report.json").read_text())
     assert [entry["status"] for entry in report["rounds"]] == ["done"] * 3
@@ -172,6 +173,8 @@ def test_a_run_killed_in_extraction_in_consolidation_and_between_rounds_resumes_
     # Each attempt resumed where the previous one was killed: every launch after the first found work done.
     sessions = json.loads(layout.run_json.read_text())["sessions"]
     assert len(sessions) == len(kills) + 1
+    # Nothing logged is lost: each launch kept its own metrics file, round 2's steps included.
+    assert len(list((run_dir / "logs").glob("metrics_*.jsonl"))) == len(kills) + 1
 
     reference = RunLayout(reference_run.resolve())
     for round in (1, 2):
@@ -201,5 +204,10 @@ def _done(layout: RunLayout, round: int, stage: str) -> bool:
 
 
 def _logged_step(run_dir: Path, step: int) -> bool:
-    path = run_dir / "metrics.jsonl"
-    return path.is_file() and f'"step": {step},' in path.read_text()
+    """Whether verl's file logger (one file per launch) has logged ``step``."""
+    for path in (run_dir / "logs").glob("metrics_*.jsonl"):
+        lines = path.read_text().splitlines()
+        # The last line may be half-written while we read.
+        if any(json.loads(line)["step"] == step for line in lines[:-1]):
+            return True
+    return False

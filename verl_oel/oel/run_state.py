@@ -12,6 +12,8 @@ Layout of ``RUN_DIR``::
     run.json                    the run's resolved config snapshot, base model, rounds, seed and
                                 skipped stages, plus one entry per process that opened it
     run.lock                    fcntl lock held by the process running the run (holds its pid)
+    logs/                       per verl launch: its output (verl_STAMP.log) and tracked metrics
+                                (metrics_STAMP.jsonl, verl's file logger)
     rounds/round_{r:03d}/
         stages.json             done markers: {stage: {"done_at": ..., "summary": {...}}}
         teacher/                teacher_refresh outputs
@@ -178,6 +180,11 @@ class RunLayout:
     @property
     def run_json(self) -> Path:
         return self.run_dir / "run.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        """verl's output and tracked metrics: ``verl_STAMP.log`` and ``metrics_STAMP.jsonl`` per launch."""
+        return self.run_dir / "logs"
 
     @property
     def lock_file(self) -> Path:

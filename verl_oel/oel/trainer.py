@@ -77,11 +77,14 @@ def run_oel(recipe: str, overrides: list[str]) -> int:
         if (step := state.next_stage()) is not None:
             start_model = state.start_model()
             _log(f"starting at round {step.round} stage {step.stage} from {start_model}")
-            log_file = state.layout.run_dir / "logs" / f"verl_{time.strftime('%Y%m%d_%H%M%S')}.log"
+            # One log and one metrics file per launch: verl's file logger truncates its file when it opens
+            # it, and a resumed run must keep what the killed launch logged.
+            stamp = time.strftime("%Y%m%d_%H%M%S")
+            log_file = state.layout.logs_dir / f"verl_{stamp}.log"
             code = run_recipe(
                 recipe,
                 [*user_overrides(overrides), *launch_overrides(state, start_model, config)],
-                extra_env={"VERL_FILE_LOGGER_PATH": str(state.layout.run_dir / "metrics.jsonl")},
+                extra_env={"VERL_FILE_LOGGER_PATH": str(state.layout.logs_dir / f"metrics_{stamp}.jsonl")},
                 log_file=log_file,
                 echo=True,
             )

@@ -116,6 +116,7 @@ class OELTrainer(ConsolidationTrainer):
             stage = stages[step.stage] if step.round > 0 else self._evaluate_base
             _log(f"round {step.round}: {step.stage} ...")
             self.state.stage_dir_for_retry(step.round, step.stage)
+            self.global_steps = self._tracking_step(step.round)
             started = time.monotonic()
             summary = {"seconds": 0.0, **stage(step.round)}
             summary["seconds"] = round(time.monotonic() - started, 1)
@@ -123,6 +124,14 @@ class OELTrainer(ConsolidationTrainer):
             self.logger.log(data=self._stage_metrics(step.round, step.stage, summary), step=self.global_steps)
             _log(f"round {step.round}: {step.stage} done {json.dumps(summary)}")
         self._shutdown_dump_executor()
+
+    def _tracking_step(self, round: int) -> int:
+        """The step a stage logs at: the last consolidation step before it, so a resumed run logs at the
+        same steps as an uninterrupted one and the steps never go back."""
+        steps = self.loop.consolidation_steps
+        if round > 0 and self.state.is_done(round, "consolidation"):
+            return round * steps
+        return max(0, round - 1) * steps
 
     @staticmethod
     def _stage_metrics(round: int, stage: str, summary: dict[str, Any]) -> dict[str, float]:
@@ -376,4 +385,3 @@ def align_config_dtype(folder: Path) -> str:
             config[key] = dtype
     write_atomic(config_path, json.dumps(config, indent=2) + "\n")
     return dtype
-
