@@ -28,10 +28,3 @@ def tiny_model_dir() -> Path:
 
     return build_tiny_model(MODEL_CACHE / "tiny-seed0", seed=0)
 
-
-@pytest.fixture(scope="session")
-def warm_model_dir() -> Path:
-    """The warmed tiny model of the CPU demo (a few minutes to build once; cached like the tiny one)."""
-    from verl_oel.models.warm import build_warm_model
-
-    return build_warm_model(MODEL_CACHE / "warm-seed0", seed=0)

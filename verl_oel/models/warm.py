@@ -17,10 +17,20 @@ Both skills are copies (of the sign in the knowledge, of the sign in the outcome
 over to HELD-OUT families, whose rule the model never saw stated. The OEL loop must then move the
 rule of a held-out family from the knowledge into the weights.
 
+Trained on the full prompts alone, the tiny model only learns the marginal over the warm signs and
+never forms a copying circuit. So a first phase trains on SHORT synthetic prompts made of the lines
+the real prompts hold around a sign (door lines, knowledge items, the record's reply and result line),
+with ~2,000 ordinary one-token words as signs (a held-out family's sign is only ever a plain door,
+never the knowledge's or the plaque's sign):
+repeat a room's door list (classic induction), answer the knowledge item's sign, any door's sign, or
+the plaque's sign as an item. The second phase trains on the pipeline's prompts, mixed with a few
+synthetic examples.
+
 The loss is on the reply tokens only (the reply and ``<|im_end|>``, as the loop decodes it). The
 build is cached like the tiny model's: ``build_info.json`` records a hash of every setting, the seed
-and ``WARM_VERSION``; the same seed gives byte-identical weights (fixed seeds, 2 torch threads,
-deterministic algorithms).
+and ``WARM_VERSION``; the same seed gives byte-identical weights (fixed seeds, one torch thread,
+deterministic algorithms). One thread: on a shared 2-core machine two threads spin against other jobs
+and ran 20-40x slower per step.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import dataclasses
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -40,16 +51,25 @@ import torch
 import transformers
 
 from verl_oel.envs import make_game
-from verl_oel.envs.hidden_rule import HELD_OUT_FAMILIES, WARM_FAMILIES, HiddenRuleGame
+from verl_oel.envs.hidden_rule import (
+    COLOURS,
+    DEAD_END_REASON,
+    HELD_OUT_FAMILIES,
+    SIGNS,
+    WARM_FAMILIES,
+    WIN_REASON,
+    HiddenRuleGame,
+    rule_text,
+)
 from verl_oel.knowledge import DEFAULT_MARKER, GameRecord, GameTurn, build_extraction_messages, render_items
 from verl_oel.knowledge.injection import with_knowledge
 from verl_oel.models.build import BuildModelError, TinyModelSpec, _build, _library_versions
 from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer, qwen_vocab_sha256
 
 # Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
-WARM_VERSION = 1
+WARM_VERSION = 2
 GAME = "hidden-rule"
-BUILD_THREADS = 2
+BUILD_THREADS = 1
 
 # Knowledge items: the rule as the extractor writes it, other phrasings of it, and unrelated items.
 RULE_PHRASINGS = (
@@ -80,18 +100,33 @@ def rule_item(sign: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class WarmModelSpec:
-    """The warm model's shape (the tiny model's by default) and its supervised phase."""
+    """The warm model's shape (the tiny model's by default) and its two supervised phases.
+
+    Phase 1 (``copy_steps``) trains on SHORT synthetic prompts built from the same lines the real
+    prompts hold around a sign (door lines, knowledge items, the record's reply and result line), with
+    hundreds of ordinary words as signs: cheap steps in which the copying circuit forms. Phase 2
+    (``steps``) trains on exactly the pipeline's prompts of the WARM families, still mixed with some
+    synthetic examples (``copy_batch_late``); in ``relabel_share`` of its examples every sign is renamed
+    to a random word, so that copying, not remembering the 26 warm signs, is what lowers the loss.
+    NOT YET AT ACCEPTANCE (see the report of the warm-model work): held-out extraction is still ~0%.
+    """
 
     model: TinyModelSpec = TinyModelSpec()
-    steps: int = 240
-    game_batch: int = 32
-    extraction_batch: int = 8
-    lr: float = 3e-3
+    copy_steps: int = 550
+    copy_batch: int = 24
+    copy_lr: float = 3e-3
+    steps: int = 150
+    game_batch: int = 8
+    extraction_batch: int = 4
+    copy_batch_late: int = 8
+    lr: float = 1e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # Share of game examples WITH the rule in the knowledge (the rest: no knowledge, random door).
-    knowledge_share: float = 0.6
+    knowledge_share: float = 0.7
+    # Share of pipeline-prompt examples whose signs are renamed to random words (forces copying).
+    relabel_share: float = 0.8
     door_counts: tuple[int, ...] = (3, 4, 4, 5)
     families: tuple[str, ...] = WARM_FAMILIES
 
@@ -155,7 +190,9 @@ def _new_game(rng: random.Random, spec: WarmModelSpec, family: str) -> tuple[Hid
     return game, game.reset(rng.randrange(2**31))
 
 
-def game_example(rng: random.Random, spec: WarmModelSpec, tokenizer: Any) -> tuple[list[int], list[int]]:
+def game_example(
+    rng: random.Random, spec: WarmModelSpec, tokenizer: Any, words: Sequence[str] = ()
+) -> tuple[list[int], list[int]]:
     """One turn prompt and its target reply: the rule's sign with knowledge, a random door without."""
     game, _ = _new_game(rng, spec, rng.choice(spec.families))
     if rng.random() < spec.knowledge_share:
@@ -165,6 +202,8 @@ def game_example(rng: random.Random, spec: WarmModelSpec, tokenizer: Any) -> tup
         reply = f"[{rng.choice(game.doors)[1]}]"
     messages = game_messages(game, knowledge)
     game.close()
+    if words and rng.random() < spec.relabel_share:
+        messages, reply = relabel(rng, words, (messages, reply), SIGNS)
     return _prompt_ids(tokenizer, messages), _reply_ids(tokenizer, reply)
 
 
@@ -179,7 +218,7 @@ def _played_reply(rng: random.Random, game: HiddenRuleGame) -> str:
 
 
 def extraction_example(
-    rng: random.Random, spec: WarmModelSpec, tokenizer: Any
+    rng: random.Random, spec: WarmModelSpec, tokenizer: Any, words: Sequence[str] = ()
 ) -> tuple[list[int], list[int]]:
     """One extraction prompt (a played game, the stream's knowledge so far) and the rule's item."""
     game, first = _new_game(rng, spec, rng.choice(spec.families))
@@ -201,7 +240,115 @@ def extraction_example(
     )
     target = f"{DEFAULT_MARKER} {rule_item(game.exit_sign)}"
     game.close()
+    if words and rng.random() < spec.relabel_share:
+        messages, target = relabel(rng, words, (messages, target), SIGNS)
     return _prompt_ids(tokenizer, messages), _reply_ids(tokenizer, target)
+
+
+def copy_words(tokenizer: Any) -> tuple[str, ...]:
+    """Ordinary words that are one token inside brackets, for the synthetic phase's signs.
+
+    The held-out families' signs and the door colours are left out: a held-out sign is never the
+    answer to copy from knowledge or from a plaque before the OEL loop itself sees that family.
+    """
+    open_ids = tokenizer.encode("[", add_special_tokens=False)
+    close_ids = tokenizer.encode("]", add_special_tokens=False)
+    words = set()
+    for token, index in tokenizer.get_vocab().items():
+        if not (token.isascii() and token.isalpha() and token.islower() and 3 <= len(token) <= 7):
+            continue
+        if tokenizer.encode(f"[{token}]", add_special_tokens=False) != open_ids + [index] + close_ids:
+            continue
+        if tokenizer.encode(f" [{token}]", add_special_tokens=False)[1:2] != [index]:
+            continue
+        words.add(token)
+    return tuple(sorted(words - set(HELD_OUT_FAMILIES) - set(COLOURS) | set(WARM_FAMILIES)))
+
+
+def _synthetic_room(rng: random.Random, words: Sequence[str], answer: str) -> tuple[list[str], str]:
+    """A room's signs (``answer`` among them; others may be any sign, held-out ones included) and text."""
+    count = rng.randint(2, 5)
+    pool = [w for w in rng.sample(words, count + 2) if w != answer]
+    others = pool[: count - 1]
+    if rng.random() < 0.3:  # held-out signs are ordinary doors, as in the warm games
+        others[rng.randrange(len(others))] = rng.choice(HELD_OUT_FAMILIES)
+    signs = [answer, *others]
+    rng.shuffle(signs)
+    lines = "\n".join(f"- a {rng.choice(COLOURS)} door marked [{sign}]" for sign in signs)
+    head = rng.choice((f"You are in a room with {count} doors:\n", "", ""))
+    return signs, head + lines
+
+
+COPY_KINDS = ("repeat", "knowledge", "door", "plaque")
+
+
+def copy_example(
+    rng: random.Random, words: Sequence[str], tokenizer: Any, kind: str
+) -> tuple[list[int], list[int]]:
+    """A short synthetic prompt whose answer copies a sign: the knowledge's rule (``knowledge``), any
+    door of the room (``door``), or the plaque's sign into an item (``plaque``)."""
+    answer = rng.choice(words)
+    signs, room = _synthetic_room(rng, words, answer)
+    if kind == "repeat":
+        # Classic induction: the reply repeats the room's lines, so every sign and colour in it is a copy.
+        room = room[room.index("- ") :]
+        messages = [{"role": "user", "content": room}]
+        return _prompt_ids(tokenizer, messages), _reply_ids(tokenizer, room)
+    if kind == "knowledge":
+        phrasings = [RULE_PHRASINGS[0]] * 4 + list(RULE_PHRASINGS[1:])
+        items = [rng.choice(phrasings).format(sign=answer) for _ in range(rng.choice((1, 1, 1, 2)))]
+        items += rng.sample(OTHER_ITEMS, rng.choice((0, 0, 1, 2)))
+        rng.shuffle(items)
+        head = rng.choice(("Experiential knowledge from earlier games:\n", ""))
+        prompt, reply = f"{head}{render_items(items)}\n\n{room}", f"[{answer}]"
+    elif kind == "door":
+        prompt, reply = room, f"[{rng.choice(signs)}]"
+    else:
+        played = rng.choice(signs)
+        won = played == answer
+        reason = f"{WIN_REASON if won else DEAD_END_REASON}; the plaque says {rule_text(answer)}"
+        result = f"You {'won' if won else 'lost'}. The game's reason: {reason}"
+        roll = rng.random()
+        if roll < 0.5:
+            knowledge = "(nothing recorded yet)"
+        else:
+            items = rng.sample(OTHER_ITEMS, rng.choice((0, 1, 2)))
+            if roll < 0.8:
+                items.append(rule_item(answer))
+            rng.shuffle(items)
+            knowledge = render_items(items) or "(nothing recorded yet)"
+        prompt = (
+            f"{room}\n\nYou replied:\n[{played}]\n\n### Result\n\n{result}\n\n"
+            f"## Experience so far\n\n{knowledge}"
+        )
+        reply = f"{DEFAULT_MARKER} {rule_item(answer)}"
+    messages = [{"role": "user", "content": prompt}]
+    return _prompt_ids(tokenizer, messages), _reply_ids(tokenizer, reply)
+
+
+def relabel(
+    rng: random.Random, words: Sequence[str], example: tuple[list[dict[str, str]], str], signs: Sequence[str]
+) -> tuple[list[dict[str, str]], str]:
+    """The same prompt and reply with each of ``signs`` (in brackets) renamed to a random word."""
+    messages, reply = example
+    mapping = dict(zip(signs, rng.sample(words, len(signs)), strict=True))
+
+    def rename(text: str) -> str:
+        return re.sub(r"\[(\w+)\]", lambda m: f"[{mapping.get(m.group(1), m.group(1))}]", text)
+
+    return [{**m, "content": rename(m["content"])} for m in messages], rename(reply)
+
+
+def copy_batches(
+    rng: random.Random, words: Sequence[str], tokenizer: Any, size: int
+) -> list[list[tuple[list[int], list[int]]]]:
+    """``size`` synthetic examples in one group per kind (short groups pad little): 3/8 repeat,
+    2/8 knowledge, 1/8 door, 2/8 plaque."""
+    counts = (size * 3 // 8, size * 2 // 8, size // 8, size - size * 6 // 8)
+    return [
+        [copy_example(rng, words, tokenizer, kind) for _ in range(n)]
+        for kind, n in zip(COPY_KINDS, counts, strict=True)
+    ]
 
 
 def _collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -276,51 +423,92 @@ def _new_model(spec: TinyModelSpec, tokenizer: Any) -> transformers.Qwen3ForCaus
     return transformers.Qwen3ForCausalLM(config)
 
 
-def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 20) -> tuple[Any, Any]:
-    """Runs the supervised phase in memory; returns (model, tokenizer). Deterministic per seed."""
+def _run_phase(
+    name: str,
+    model: Any,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    spec: WarmModelSpec,
+    draw: Any,
+    pad_id: int,
+    log_every: int,
+) -> None:
+    """AdamW with warm-up and cosine decay over ``steps``; ``draw()`` gives a step's example groups."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay
+    )
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    start, running = time.perf_counter(), []
+    for step in range(steps):
+        total, count, parts = torch.zeros(()), 0, []
+        for examples in draw():
+            if examples:
+                loss, n = _reply_loss(model, _collate(examples, pad_id))
+                total, count = total + loss, count + n
+                parts.append(loss.item() / n)
+        loss = total / count
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        running.append(parts)
+        if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
+            means = [sum(values) / len(values) for values in zip(*running, strict=True)]
+            print(
+                f"warm-up {name} step {step + 1}/{steps}: reply loss per token "
+                f"{' / '.join(f'{m:.3f}' for m in means)} ({time.perf_counter() - start:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            running = []
+
+
+def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 50) -> tuple[Any, Any]:
+    """Runs the supervised phases in memory; returns (model, tokenizer). Deterministic per seed."""
     tokenizer = build_qwen_prefix_tokenizer(spec.model.vocab_size, spec.model.max_position_embeddings)
+    words = copy_words(tokenizer)
     rng = random.Random(f"warm/{seed}")
+    pad_id = tokenizer.pad_token_id
     with _deterministic_torch(seed):
         model = _new_model(spec.model, tokenizer)
         model.train()
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay
+        # Phase 1: short synthetic copies (knowledge / door / plaque).
+        _run_phase(
+            "copy",
+            model,
+            spec.copy_steps,
+            spec.copy_lr,
+            spec.warmup_steps,
+            spec,
+            lambda: copy_batches(rng, words, tokenizer, spec.copy_batch),
+            pad_id,
+            log_every,
         )
-
-        def schedule(step: int) -> float:
-            if step < spec.warmup_steps:
-                return (step + 1) / spec.warmup_steps
-            progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        start, running = time.perf_counter(), []
-        for step in range(spec.steps):
-            games = [game_example(rng, spec, tokenizer) for _ in range(spec.game_batch)]
-            extractions = [extraction_example(rng, spec, tokenizer) for _ in range(spec.extraction_batch)]
-            total, count, parts = torch.zeros(()), 0, []
-            for examples in (games, extractions):
-                if examples:
-                    loss, n = _reply_loss(model, _collate(examples, tokenizer.pad_token_id))
-                    total, count = total + loss, count + n
-                    parts.append(loss.item() / n)
-            loss = total / count
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            running.append(parts)
-            if log_every and ((step + 1) % log_every == 0 or step + 1 == spec.steps):
-                means = [sum(values) / len(values) for values in zip(*running, strict=True)]
-                print(
-                    f"warm-up step {step + 1}/{spec.steps}: reply loss per token "
-                    f"{' / '.join(f'{m:.3f}' for m in means)} (games / extraction) "
-                    f"({time.perf_counter() - start:.0f}s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                running = []
+        # Phase 2: the pipeline's prompts (games / extraction / knowledge / door / plaque).
+        _run_phase(
+            "prompts",
+            model,
+            spec.steps,
+            spec.lr,
+            spec.warmup_steps,
+            spec,
+            lambda: [
+                [game_example(rng, spec, tokenizer, words) for _ in range(spec.game_batch)],
+                [extraction_example(rng, spec, tokenizer, words) for _ in range(spec.extraction_batch)],
+                *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
+            ],
+            pad_id,
+            log_every,
+        )
         model.eval()
     return model, tokenizer
 
