@@ -61,6 +61,25 @@ class TinyModelSpec:
     max_position_embeddings: int = 8192
 
 
+def tiny_config(spec: TinyModelSpec, tokenizer: Any) -> transformers.Qwen3Config:
+    """The tiny Qwen3's config for ``spec`` (fp32, tied embeddings), shared by the tiny and warm builds."""
+    return transformers.Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        tie_word_embeddings=True,
+        dtype="float32",
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def build_tiny_model(
     out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | None = None, force: bool = False
 ) -> Path:
@@ -84,21 +103,7 @@ def build_tiny_model(
 
     def write(folder: Path) -> None:
         tokenizer = build_qwen_prefix_tokenizer(spec.vocab_size, spec.max_position_embeddings)
-        config = transformers.Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            head_dim=spec.head_dim,
-            max_position_embeddings=spec.max_position_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-            tie_word_embeddings=True,
-            dtype="float32",
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        config = tiny_config(spec, tokenizer)
         # A private RNG stream: the weights depend on the seed alone, and the caller's RNG is untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -63,7 +63,7 @@ from verl_oel.envs.hidden_rule import (
 )
 from verl_oel.knowledge import DEFAULT_MARKER, GameRecord, GameTurn, build_extraction_messages, render_items
 from verl_oel.knowledge.injection import with_knowledge
-from verl_oel.models.build import BuildModelError, TinyModelSpec, _build, _library_versions
+from verl_oel.models.build import BuildModelError, TinyModelSpec, _build, _library_versions, tiny_config
 from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer, qwen_vocab_sha256
 
 # Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
@@ -405,22 +405,7 @@ def _deterministic_torch(seed: int) -> Iterator[None]:
 
 
 def _new_model(spec: TinyModelSpec, tokenizer: Any) -> transformers.Qwen3ForCausalLM:
-    config = transformers.Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        head_dim=spec.head_dim,
-        max_position_embeddings=spec.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        tie_word_embeddings=True,
-        dtype="float32",
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return transformers.Qwen3ForCausalLM(config)
+    return transformers.Qwen3ForCausalLM(tiny_config(spec, tokenizer))
 
 
 def _run_phase(
