@@ -3,7 +3,7 @@
 The evaluation is verl's validation pass (``trainer.val_only=True``) on the fixed test split:
 the same agent loop, vLLM server and reward function as training, with the paper's sampling
 (temperature 0.7, top-p 0.8, top-k 20, from the recipe's ``val_kwargs``). Knowledge, when
-given, is placed in every episode's system message.
+given, goes where the consolidation teacher reads it (``verl_oel.knowledge.injection``).
 """
 
 from __future__ import annotations
