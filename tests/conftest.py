@@ -27,4 +27,3 @@ def tiny_model_dir() -> Path:
     from verl_oel.models.build import build_tiny_model
 
     return build_tiny_model(MODEL_CACHE / "tiny-seed0", seed=0)
-
