@@ -241,7 +241,7 @@ def weights_fingerprint(module: torch.nn.Module) -> list[float]:
     with torch.no_grad():
         for parameter in module.parameters():
             full = parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
-            values = full.detach().to("cpu", torch.float64)
+            values = full.detach().double()  # on its device: no host copy of a large model
             total += float(values.sum())
             squares += float((values * values).sum())
     return [total, squares]
