@@ -216,8 +216,9 @@ def _done(layout: RunLayout, round: int, stage: str) -> bool:
 def _logged_step(run_dir: Path, step: int) -> bool:
     """Whether verl's file logger (one file per launch) has logged ``step``."""
     for path in (run_dir / "logs").glob("metrics_*.jsonl"):
-        lines = path.read_text().splitlines()
-        # The last line may be half-written while we read.
-        if any(json.loads(line)["step"] == step for line in lines[:-1]):
+        # Only lines already ended by their newline: the last one may be half-written while we read. (Not
+        # "all but the last line": the step may be the last line until the stage has ended.)
+        complete = path.read_text().split("\n")[:-1]
+        if any(json.loads(line)["step"] == step for line in complete):
             return True
     return False
