@@ -194,9 +194,11 @@ def test_a_run_killed_in_extraction_in_consolidation_and_between_rounds_resumes_
         assert ours_eval.pass_rate_no_knowledge == theirs_eval.pass_rate_no_knowledge
         assert ours_eval.pass_rate_with_knowledge == theirs_eval.pass_rate_with_knowledge
         # Training is reproduced up to float round-off: CPU kernels of the backward pass (e.g. the embedding
-        # gradient's parallel accumulation) are not bitwise reproducible between processes.
+        # gradient's parallel accumulation) are not bitwise reproducible between processes, so round 2
+        # starts from slightly different weights. Its near-zero first KL (~2e-5, from a model that wrote no
+        # knowledge) then differs by a few percent, hence a floor of 1 % of the round's largest KL.
         kl = [read_stage_markers(x, round)["consolidation"]["summary"]["kl"] for x in (layout, reference)]
-        assert kl[0] == pytest.approx(kl[1], rel=1e-3)
+        assert kl[0] == pytest.approx(kl[1], rel=1e-2, abs=1e-2 * max(kl[1]))
         # The weights agree far more closely than the round moved them (Adam turns round-off in near-zero
         # gradients into differences of up to 2 lr per step on those weights, so not bit for bit).
         start = tiny_model_dir if round == 1 else reference.checkpoint_dir(round - 1)

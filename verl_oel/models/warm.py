@@ -262,7 +262,7 @@ def copy_words(tokenizer: Any) -> tuple[str, ...]:
         if tokenizer.encode(f" [{token}]", add_special_tokens=False)[1:2] != [index]:
             continue
         words.add(token)
-    return tuple(sorted(words - set(HELD_OUT_FAMILIES) - set(COLOURS) | set(WARM_FAMILIES)))
+    return tuple(sorted(words - set(COLOURS) | set(SIGNS)))
 
 
 def _synthetic_room(rng: random.Random, words: Sequence[str], answer: str) -> tuple[list[str], str]:
@@ -270,8 +270,6 @@ def _synthetic_room(rng: random.Random, words: Sequence[str], answer: str) -> tu
     count = rng.randint(2, 5)
     pool = [w for w in rng.sample(words, count + 2) if w != answer]
     others = pool[: count - 1]
-    if rng.random() < 0.3:  # held-out signs are ordinary doors, as in the warm games
-        others[rng.randrange(len(others))] = rng.choice(HELD_OUT_FAMILIES)
     signs = [answer, *others]
     rng.shuffle(signs)
     lines = "\n".join(f"- a {rng.choice(COLOURS)} door marked [{sign}]" for sign in signs)
@@ -461,6 +459,8 @@ def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 50) -> tup
     """Runs the supervised phases in memory; returns (model, tokenizer). Deterministic per seed."""
     tokenizer = build_qwen_prefix_tokenizer(spec.model.vocab_size, spec.model.max_position_embeddings)
     words = copy_words(tokenizer)
+    # Renamed games never turn into a held-out family's game: no held-out sign replaces a warm one.
+    game_words = [word for word in words if word not in HELD_OUT_FAMILIES]
     rng = random.Random(f"warm/{seed}")
     pad_id = tokenizer.pad_token_id
     with _deterministic_torch(seed):
@@ -487,8 +487,8 @@ def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 50) -> tup
             spec.warmup_steps,
             spec,
             lambda: [
-                [game_example(rng, spec, tokenizer, words) for _ in range(spec.game_batch)],
-                [extraction_example(rng, spec, tokenizer, words) for _ in range(spec.extraction_batch)],
+                [game_example(rng, spec, tokenizer, game_words) for _ in range(spec.game_batch)],
+                [extraction_example(rng, spec, tokenizer, game_words) for _ in range(spec.extraction_batch)],
                 *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
             ],
             pad_id,
