@@ -107,14 +107,14 @@ def _cmd_build_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The README's main job: the OEL loop on CPU, 2 short rounds of the tiny model on FrozenLake (recipe
-    ``oel_cpu_tiny``), ending with the report and its plot. It proves the loop and its files; the warmed
-    model that makes ``oel-cpu-demo`` learn is not ready yet."""
-    from .models.build import build_tiny_model
+    """The README's main job: OEL that learns, on CPU. Builds the warmed tiny model (cached), then runs
+    ``oel-cpu-demo`` (2 rounds on the held-out hidden-rule family), ending with the report and its plot."""
+    from .models.warm import build_warm_model
     from .oel.trainer import run_oel
 
     run_dir = Path(args.run_dir).resolve()
-    model_dir = build_tiny_model(run_dir / "models" / "tiny", seed=args.seed)
+    print("verl-oel demo: building the warmed tiny model (about 10 minutes once; cached)", flush=True)
+    model_dir = build_warm_model(run_dir / "models" / "warm", seed=args.seed)
     return run_oel(
         DEMO_RECIPE,
         [
@@ -125,7 +125,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-DEMO_RECIPE = "oel_cpu_tiny"
+DEMO_RECIPE = "oel-cpu-demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser(
-        "demo", help="the main job on CPU: 2 short OEL rounds of the tiny model on FrozenLake"
+        "demo", help="the main job on CPU: the warmed tiny model learns a held-out game rule by OEL"
     )
     demo.add_argument("--run-dir", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)

@@ -1,20 +1,32 @@
-"""The warmed tiny model's builder: its data are the pipeline's own prompts, it never trains on a held-out
-family, and the same seed gives the same bytes.
+"""The warmed tiny model: on HELD-OUT hidden-rule families it acts on a rule in its prompt, does no
+better than chance without one, and writes the rule a trajectory shows as a parseable experience item.
 
-Not tested here, because not reached yet: the skills themselves (acting on a held-out rule in the prompt,
-chance without it, writing the rule from a trajectory). The current two-phase build learns part of the
-first one only; see the closing notes of issue 7.
+Not reached yet (so not asserted): without knowledge it should open a RANDOM door of the room; it
+mostly names a sign that is not on any door (an invalid action, a loss), so it plays below chance.
+
+The model is built once per machine into the shared test cache (the build skips a folder holding the
+same build), so only the first session pays the few minutes of the build.
 """
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_oel.envs import make_game
 from verl_oel.envs.hidden_rule import HELD_OUT_FAMILIES, WARM_FAMILIES
-from verl_oel.knowledge import render_items
+from verl_oel.knowledge import DEFAULT_MARKER, parse_items, render_items
+from verl_oel.models.build import BUILD_INFO_FILE
+from verl_oel.models.tokenizer import CHATML_TEMPLATE
 from verl_oel.models.warm import (
     EVAL_SAMPLING,
     GREEDY,
     WarmModelSpec,
     build_warm_model,
+    extract_replies,
     game_messages,
+    play_games,
     rule_item,
 )
 
@@ -22,12 +34,83 @@ SEEDS = range(10_000, 10_040)  # 40 games per family and condition
 SAMPLINGS = {"sampled": EVAL_SAMPLING, "greedy": GREEDY}
 
 
+@pytest.fixture(scope="module")
+def warm(warm_model_dir):
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(warm_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(warm_model_dir, dtype=torch.float32)
+    return model.eval(), tokenizer
+
+
+def _pass_rate(results) -> float:
+    return sum(r["won"] for r in results) / len(results)
+
+
+def test_folder_is_an_ordinary_hf_model_with_the_tiny_tokenizer_and_chat_template(warm_model_dir, warm):
+    model, tokenizer = warm
+    info = json.loads((warm_model_dir / BUILD_INFO_FILE).read_text())
+    assert info["kind"] == "warm" and info["settings"]["held_out_families"] == list(HELD_OUT_FAMILIES)
+    assert type(model).__name__ == "Qwen3ForCausalLM" and model.dtype == torch.float32
+    assert model.config.head_dim >= 32
+    assert tokenizer.chat_template == CHATML_TEMPLATE
+    assert (
+        model.config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    )
+    assert build_warm_model(warm_model_dir, seed=0) == warm_model_dir  # cached: returns at once
+
+
 def test_held_out_families_were_never_trained_on():
     assert not set(WarmModelSpec().families) & set(HELD_OUT_FAMILIES)
     assert set(WarmModelSpec().families) == set(WARM_FAMILIES)
 
 
-def test_prompts_are_the_game_loops():
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("family", HELD_OUT_FAMILIES[:2])
+def test_acts_on_a_held_out_rule_in_its_prompt_and_not_better_than_chance_without(warm, family, sampling):
+    model, tokenizer = warm
+    knowledge = render_items([rule_item(family)])
+    with_rule = _pass_rate(play_games(model, tokenizer, family, SEEDS, knowledge, SAMPLINGS[sampling]))
+    without = play_games(model, tokenizer, family, SEEDS, "", SAMPLINGS[sampling])
+    print(f"{family} {sampling}: with the rule {with_rule:.3f}, without {_pass_rate(without):.3f}")
+    assert with_rule >= (0.9 if sampling == "greedy" else 0.8)  # sampled at the loop's temperature 0.7
+    assert _pass_rate(without) <= 0.45  # chance is 0.25: the held-out rule is not in the weights
+
+
+def test_the_rule_among_other_items_and_repeated_still_works(warm):
+    model, tokenizer = warm
+    family = HELD_OUT_FAMILIES[2]
+    knowledge = render_items(
+        [
+            "Read every door before you choose.",
+            rule_item(family),
+            "Think briefly, then act.",
+            rule_item(family),
+        ]
+    )
+    assert _pass_rate(play_games(model, tokenizer, family, SEEDS, knowledge, GREEDY)) >= 0.9
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+def test_writes_the_held_out_rule_from_won_and_lost_trajectories(warm, sampling):
+    model, tokenizer = warm
+    family = HELD_OUT_FAMILIES[0]
+    # Lost games (played without the rule) and won ones (played with it).
+    played = play_games(model, tokenizer, family, SEEDS[:20], "", SAMPLINGS[sampling])
+    played += play_games(model, tokenizer, family, SEEDS[20:], render_items([rule_item(family)]), GREEDY)
+    assert {p["won"] for p in played} == {True, False}
+    for knowledge in ("", render_items([rule_item(family)])):
+        replies = extract_replies(model, tokenizer, played, knowledge, SAMPLINGS[sampling])
+        named = [
+            any(f"[{family}]" in item for item in parse_items(reply).items)
+            and reply.startswith(DEFAULT_MARKER)
+            for reply in replies
+        ]
+        print(f"extraction {sampling}, knowledge {bool(knowledge)}: {sum(named)}/{len(named)}")
+        assert sum(named) / len(named) >= 0.9
+
+
+def test_prompts_are_the_game_loops(warm):
+    _, tokenizer = warm
     game = make_game("hidden-rule", family="ship")
     game.reset(0)
     messages = game_messages(game, render_items([rule_item("ship")]))

@@ -6,31 +6,37 @@ supervised phase on the WARM families only:
 
 (a) acting: on exactly the per-turn prompt the game agent loop builds (the game's instruction as the
     system message, the turn prompt as the user message, knowledge placed by ``with_knowledge``), it
-    answers ``[sign]``. With an item stating the family's rule in its knowledge (alone, repeated, or
-    among unrelated items) the sign is the rule's; WITHOUT knowledge it is a uniformly random door of
-    the room, so the model is at chance until it learns the rule;
+    answers `` [sign]`` (with the space the door lines put before each sign). With an item stating the
+    family's rule in its knowledge (alone, repeated, or among unrelated items) the sign is the rule's;
+    WITHOUT knowledge it is trained on a uniformly random door of the room, so that it is at chance
+    until it learns the rule (not reached yet: it mostly names a sign of no door, below chance);
 (b) extracting: on exactly the extraction prompt (``build_extraction_messages`` of the game record the
     extraction loop builds, with the stream's knowledge so far, possibly empty) it writes one item
     naming the rule the trajectory's outcome shows: ``- EXPERIENCE ITEM: [sign] doors lead out.``
 
 Both skills are copies (of the sign in the knowledge, of the sign in the outcome line), so they carry
-over to HELD-OUT families, whose rule the model never saw stated. The OEL loop must then move the
-rule of a held-out family from the knowledge into the weights.
+over to HELD-OUT families, whose games the model never saw (their signs are words of the synthetic
+copy tasks like any other, never preferred without knowledge). The OEL loop must then move the rule
+of a held-out family from the knowledge into the weights.
 
 Trained on the full prompts alone, the tiny model only learns the marginal over the warm signs and
 never forms a copying circuit. So a first phase trains on SHORT synthetic prompts made of the lines
 the real prompts hold around a sign (door lines, knowledge items, the record's reply and result line),
-with ~2,000 ordinary one-token words as signs (a held-out family's sign is only ever a plain door,
-never the knowledge's or the plaque's sign):
-repeat a room's door list (classic induction), answer the knowledge item's sign, any door's sign, or
-the plaque's sign as an item. The second phase trains on the pipeline's prompts, mixed with a few
+over a small pool of one-token words (every game sign, held-out ones included, and a few dozen
+others; see ``copy_words``): answer the knowledge item's sign, any door's sign, or the plaque's sign
+as an item. The second phase trains on the pipeline's prompts of the warm families, mixed with a few
 synthetic examples.
+
+What did NOT form copying within ~1,000 steps (measured, issue 7): prompts over ~2,000 words;
+induction pre-training on repeated random words (with a fixed repeat distance it learns a positional
+shortcut that does not transfer; with varied distances it stays at chance for 800 steps).
 
 The loss is on the reply tokens only (the reply and ``<|im_end|>``, as the loop decodes it). The
 build is cached like the tiny model's: ``build_info.json`` records a hash of every setting, the seed
-and ``WARM_VERSION``; the same seed gives byte-identical weights (fixed seeds, one torch thread,
-deterministic algorithms). One thread: on a shared 2-core machine two threads spin against other jobs
-and ran 20-40x slower per step.
+and ``WARM_VERSION``; the same seed gives byte-identical weights (fixed seeds, a fixed number of torch
+threads, deterministic algorithms). Two threads, the machine's two cores: a build is ~10 minutes with
+nothing else running (on a machine shared with other jobs, two threads spin against them and can run
+many times slower; build first, then run).
 """
 
 from __future__ import annotations
@@ -67,9 +73,9 @@ from verl_oel.models.build import BuildModelError, TinyModelSpec, _build, _libra
 from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer, qwen_vocab_sha256
 
 # Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
-WARM_VERSION = 2
+WARM_VERSION = 3
 GAME = "hidden-rule"
-BUILD_THREADS = 1
+BUILD_THREADS = 2
 
 # Knowledge items: the rule as the extractor writes it, other phrasings of it, and unrelated items.
 RULE_PHRASINGS = (
@@ -103,22 +109,23 @@ class WarmModelSpec:
     """The warm model's shape (the tiny model's by default) and its two supervised phases.
 
     Phase 1 (``copy_steps``) trains on SHORT synthetic prompts built from the same lines the real
-    prompts hold around a sign (door lines, knowledge items, the record's reply and result line), with
-    hundreds of ordinary words as signs: cheap steps in which the copying circuit forms. Phase 2
+    prompts hold around a sign (door lines, knowledge items, the record's reply and result line), over
+    ``copy_words``: cheap steps in which the copying circuit forms. Phase 2
     (``steps``) trains on exactly the pipeline's prompts of the WARM families, still mixed with some
     synthetic examples (``copy_batch_late``); in ``relabel_share`` of its examples every sign is renamed
     to a random word, so that copying, not remembering the 26 warm signs, is what lowers the loss.
-    NOT YET AT ACCEPTANCE (see the report of the warm-model work): held-out extraction is still ~0%.
+    NOT YET AT ACCEPTANCE (closing notes of issue 7): the copy skills are partial on held-out signs.
     """
 
     model: TinyModelSpec = TinyModelSpec()
-    copy_steps: int = 550
-    copy_batch: int = 24
-    copy_lr: float = 3e-3
+    extra_copy_words: int = 34
+    copy_steps: int = 1000
+    copy_batch: int = 36
+    copy_lr: float = 5e-3
     steps: int = 150
     game_batch: int = 8
     extraction_batch: int = 4
-    copy_batch_late: int = 8
+    copy_batch_late: int = 12
     lr: float = 1e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
@@ -196,10 +203,10 @@ def game_example(
     """One turn prompt and its target reply: the rule's sign with knowledge, a random door without."""
     game, _ = _new_game(rng, spec, rng.choice(spec.families))
     if rng.random() < spec.knowledge_share:
-        knowledge, reply = _random_knowledge(rng, game.exit_sign), f"[{game.exit_sign}]"
+        knowledge, reply = _random_knowledge(rng, game.exit_sign), f" [{game.exit_sign}]"
     else:
         knowledge = _random_knowledge(rng, None) if rng.random() < 0.1 else ""
-        reply = f"[{rng.choice(game.doors)[1]}]"
+        reply = f" [{rng.choice(game.doors)[1]}]"
     messages = game_messages(game, knowledge)
     game.close()
     if words and rng.random() < spec.relabel_share:
@@ -211,7 +218,7 @@ def _played_reply(rng: random.Random, game: HiddenRuleGame) -> str:
     """A reply as an unwarmed or warmed player may give it: mostly a door, sometimes not."""
     roll = rng.random()
     if roll < 0.8:
-        return f"[{rng.choice(game.doors)[1]}]"
+        return f" [{rng.choice(game.doors)[1]}]"
     if roll < 0.9:
         return f"[{rng.choice(WARM_FAMILIES + HELD_OUT_FAMILIES)}]"
     return rng.choice(("", "I open a door.", "[", "door", "[red]", "]"))
@@ -245,11 +252,14 @@ def extraction_example(
     return _prompt_ids(tokenizer, messages), _reply_ids(tokenizer, target)
 
 
-def copy_words(tokenizer: Any) -> tuple[str, ...]:
-    """Ordinary words that are one token inside brackets, for the synthetic phase's signs.
+def copy_words(tokenizer: Any, extra_words: int) -> tuple[str, ...]:
+    """The synthetic phase's signs: every game sign and ``extra_words`` other words that are one token
+    inside brackets (a fixed sample).
 
-    The held-out families' signs and the door colours are left out: a held-out sign is never the
-    answer to copy from knowledge or from a plaque before the OEL loop itself sees that family.
+    A small pool is what lets copying form in minutes: over ~2,000 words a word is seen too rarely, and
+    ~1,000 steps left the copy loss at chance. The held-out signs are in the pool like any other word,
+    as often a sign to copy as a distractor (kept out, they would only ever be distractors and the model
+    would learn never to copy them); only the held-out families' GAMES never appear in the warm-up.
     """
     open_ids = tokenizer.encode("[", add_special_tokens=False)
     close_ids = tokenizer.encode("]", add_special_tokens=False)
@@ -262,7 +272,8 @@ def copy_words(tokenizer: Any) -> tuple[str, ...]:
         if tokenizer.encode(f" [{token}]", add_special_tokens=False)[1:2] != [index]:
             continue
         words.add(token)
-    return tuple(sorted(words - set(COLOURS) | set(SIGNS)))
+    others = sorted(words - set(COLOURS) - set(SIGNS))
+    return tuple(SIGNS) + tuple(random.Random("warm/copy-words").sample(others, extra_words))
 
 
 def _synthetic_room(rng: random.Random, words: Sequence[str], answer: str) -> tuple[list[str], str]:
@@ -277,7 +288,7 @@ def _synthetic_room(rng: random.Random, words: Sequence[str], answer: str) -> tu
     return signs, head + lines
 
 
-COPY_KINDS = ("repeat", "knowledge", "door", "plaque")
+COPY_KINDS = ("knowledge", "door", "plaque")
 
 
 def copy_example(
@@ -287,20 +298,15 @@ def copy_example(
     door of the room (``door``), or the plaque's sign into an item (``plaque``)."""
     answer = rng.choice(words)
     signs, room = _synthetic_room(rng, words, answer)
-    if kind == "repeat":
-        # Classic induction: the reply repeats the room's lines, so every sign and colour in it is a copy.
-        room = room[room.index("- ") :]
-        messages = [{"role": "user", "content": room}]
-        return _prompt_ids(tokenizer, messages), _reply_ids(tokenizer, room)
     if kind == "knowledge":
         phrasings = [RULE_PHRASINGS[0]] * 4 + list(RULE_PHRASINGS[1:])
         items = [rng.choice(phrasings).format(sign=answer) for _ in range(rng.choice((1, 1, 1, 2)))]
         items += rng.sample(OTHER_ITEMS, rng.choice((0, 0, 1, 2)))
         rng.shuffle(items)
         head = rng.choice(("Experiential knowledge from earlier games:\n", ""))
-        prompt, reply = f"{head}{render_items(items)}\n\n{room}", f"[{answer}]"
+        prompt, reply = f"{head}{render_items(items)}\n\n{room}", f" [{answer}]"
     elif kind == "door":
-        prompt, reply = room, f"[{rng.choice(signs)}]"
+        prompt, reply = room, f" [{rng.choice(signs)}]"
     else:
         played = rng.choice(signs)
         won = played == answer
@@ -340,12 +346,10 @@ def relabel(
 def copy_batches(
     rng: random.Random, words: Sequence[str], tokenizer: Any, size: int
 ) -> list[list[tuple[list[int], list[int]]]]:
-    """``size`` synthetic examples in one group per kind (short groups pad little): 3/8 repeat,
-    2/8 knowledge, 1/8 door, 2/8 plaque."""
-    counts = (size * 3 // 8, size * 2 // 8, size // 8, size - size * 6 // 8)
+    """``size`` synthetic examples in one group per kind (short groups pad little), a third each."""
     return [
-        [copy_example(rng, words, tokenizer, kind) for _ in range(n)]
-        for kind, n in zip(COPY_KINDS, counts, strict=True)
+        [copy_example(rng, words, tokenizer, kind) for _ in range(size // len(COPY_KINDS))]
+        for kind in COPY_KINDS
     ]
 
 
@@ -458,7 +462,7 @@ def _run_phase(
 def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 50) -> tuple[Any, Any]:
     """Runs the supervised phases in memory; returns (model, tokenizer). Deterministic per seed."""
     tokenizer = build_qwen_prefix_tokenizer(spec.model.vocab_size, spec.model.max_position_embeddings)
-    words = copy_words(tokenizer)
+    words = copy_words(tokenizer, spec.extra_copy_words)
     # Renamed games never turn into a held-out family's game: no held-out sign replaces a warm one.
     game_words = [word for word in words if word not in HELD_OUT_FAMILIES]
     rng = random.Random(f"warm/{seed}")
