@@ -114,7 +114,8 @@ class WarmModelSpec:
     (``steps``) trains on exactly the pipeline's prompts of the WARM families, still mixed with some
     synthetic examples (``copy_batch_late``); in ``relabel_share`` of its examples every sign is renamed
     to a random word, so that copying, not remembering the 26 warm signs, is what lowers the loss.
-    NOT YET AT ACCEPTANCE (closing notes of issue 7): the copy skills are partial on held-out signs.
+    Not reached yet (closing notes of issue 7): without knowledge it should name a random door of the
+    room; it mostly names a sign of no door (the "door" copy is still at ~0.75 loss per token).
     """
 
     model: TinyModelSpec = TinyModelSpec()
