@@ -2,8 +2,11 @@
 
 Runs ``oel-cpu-demo`` (OEL) and its ablation recipes (a moving teacher, raw trajectories instead of
 extracted knowledge, knowledge in context only) once per seed with the warmed tiny model, then prints
-the held-out pass rate per round, without knowledge and with the round's knowledge in context, as
-mean ± standard deviation over the seeds (the per-seed values follow in brackets).
+the held-out pass rate per round, without knowledge and with the round's knowledge in context, the
+reply's length without knowledge (tokens per turn: a one-word reply is 4, a reply that no longer ends
+runs to the 8-token limit) and the knowledge items the round's model wrote (summed over its streams:
+0 means the round's teacher had nothing to add), as mean ± standard deviation over the seeds (per
+seed in brackets).
 
     python examples/oel_cpu_ablations.py                   # 4 recipes x 3 seeds, about 1 h on 2 cores
     python examples/oel_cpu_ablations.py --seeds 0 --recipes oel-cpu-demo
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from verl_oel.knowledge import write_atomic
 from verl_oel.models.warm import build_warm_model
@@ -59,35 +63,56 @@ def run(recipe: str, seed: int, model: Path, run_dir: Path) -> None:
     print(f"  {recipe} seed {seed}: done in {took:.0f} s", file=sys.stderr, flush=True)
 
 
-def pass_rates(run_dir: Path) -> list[tuple[float, float | None]]:
-    """(without knowledge, with knowledge in context) for rounds 0..R of a finished run."""
+class RoundResult(NamedTuple):
+    """One round's evaluation: pass rates (0-1), the reply's length without knowledge, items written."""
+
+    without_knowledge: float
+    with_knowledge: float | None  # None in round 0: there is no knowledge yet
+    tokens_per_turn: float
+    knowledge_items: int | None  # None in round 0
+
+
+def round_results(run_dir: Path) -> list[RoundResult]:
+    """Rounds 0..R of a finished run."""
     layout = RunLayout(run_dir.resolve())
     rounds = read_run_spec(layout).rounds
     evals = [load_round_eval(layout.eval_json(r)) for r in range(rounds + 1)]
-    return [(e.pass_rate_no_knowledge, e.pass_rate_with_knowledge) for e in evals]
+    return [
+        RoundResult(
+            e.pass_rate_no_knowledge, e.pass_rate_with_knowledge, e.tokens_per_turn, e.knowledge_items
+        )
+        for e in evals
+    ]
 
 
-def cell(values: list[float | None]) -> str:
-    known = [100 * v for v in values if v is not None]
+def cell(values: list[float | None], scale: float = 100.0, digits: int = 0) -> str:
+    """mean ± sd (per value), of the values that exist; "-" when none does."""
+    known = [scale * v for v in values if v is not None]
     if not known:
         return "-"
     spread = statistics.stdev(known) if len(known) > 1 else 0.0
-    return f"{statistics.mean(known):.0f} ± {spread:.0f} ({', '.join(f'{v:.0f}' for v in known)})"
+    values_text = ", ".join(f"{v:.{digits}f}" for v in known)
+    return f"{statistics.mean(known):.{digits}f} ± {spread:.{digits}f} ({values_text})"
 
 
-def table(results: dict[str, dict[int, list[tuple[float, float | None]]]], seeds: list[int]) -> str:
+def table(results: dict[str, dict[int, list[RoundResult]]], seeds: list[int]) -> str:
     lines = [
-        f"Held-out pass rate (%), mean ± sd over seeds {seeds} (per seed in brackets)",
+        f"Held-out pass rate (%), tokens per turn and items written, mean ± sd over seeds {seeds} "
+        "(per seed in brackets)",
         "",
-        "| method | round | without knowledge | with knowledge in context |",
-        "| --- | --- | --- | --- |",
+        "| method | round | pass rate without knowledge | with knowledge in context | tokens/turn without "
+        "| items written |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for recipe, by_seed in results.items():
         rounds = len(next(iter(by_seed.values())))
         for round in range(rounds):
-            without = [by_seed[s][round][0] for s in seeds]
-            within = [by_seed[s][round][1] for s in seeds]
-            lines.append(f"| {METHODS[recipe]} | {round} | {cell(without)} | {cell(within)} |")
+            results_of_round = [by_seed[s][round] for s in seeds]
+            without = cell([r.without_knowledge for r in results_of_round])
+            within = cell([r.with_knowledge for r in results_of_round])
+            tokens = cell([r.tokens_per_turn for r in results_of_round], scale=1.0, digits=1)
+            items = cell([r.knowledge_items for r in results_of_round], scale=1.0)
+            lines.append(f"| {METHODS[recipe]} | {round} | {without} | {within} | {tokens} | {items} |")
     return "\n".join(lines)
 
 
@@ -101,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     model = args.model or build_warm_model(args.run_dir / "models" / "warm", seed=0)
-    results: dict[str, dict[int, list[tuple[float, float | None]]]] = {}
+    results: dict[str, dict[int, list[RoundResult]]] = {}
     for recipe in args.recipes:
         print(f"{METHODS[recipe]} ({recipe}):", file=sys.stderr, flush=True)
         for seed in args.seeds:
             run_dir = args.run_dir / recipe / f"seed{seed}"
             run(recipe, seed, model.resolve(), run_dir)
-            results.setdefault(recipe, {})[seed] = pass_rates(run_dir)
+            results.setdefault(recipe, {})[seed] = round_results(run_dir)
     text = table(results, args.seeds)
     write_atomic(args.run_dir / "table.md", text + "\n")
     print(text)

@@ -113,7 +113,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .oel.trainer import run_oel
 
     run_dir = Path(args.run_dir).resolve()
-    print("verl-oel demo: building the warmed tiny model (about 10 minutes once; cached)", flush=True)
+    print("verl-oel demo: the warmed tiny model (built once, about 10 minutes; then cached)", flush=True)
     model_dir = build_warm_model(run_dir / "models" / "warm", seed=args.seed)
     return run_oel(
         DEMO_RECIPE,

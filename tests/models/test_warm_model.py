@@ -1,8 +1,6 @@
-"""The warmed tiny model: on HELD-OUT hidden-rule families it acts on a rule in its prompt, does no
-better than chance without one, and writes the rule a trajectory shows as a parseable experience item.
-
-Not reached yet (so not asserted): without knowledge it should open a RANDOM door of the room; it
-mostly names a sign that is not on any door (an invalid action, a loss), so it plays below chance.
+"""The warmed tiny model: on HELD-OUT hidden-rule families it acts on a rule in its prompt, plays at
+chance without one (it opens a door of the room, mostly the first listed, and the game shuffles its
+doors), and writes the rule a trajectory shows as a parseable experience item.
 
 The model is built once per machine into the shared test cache (the build skips a folder holding the
 same build), so only the first session pays the few minutes of the build.
@@ -66,14 +64,21 @@ def test_held_out_families_were_never_trained_on():
 
 @pytest.mark.parametrize("sampling", SAMPLINGS)
 @pytest.mark.parametrize("family", HELD_OUT_FAMILIES[:2])
-def test_acts_on_a_held_out_rule_in_its_prompt_and_not_better_than_chance_without(warm, family, sampling):
+def test_acts_on_a_held_out_rule_in_its_prompt_and_at_chance_without(warm, family, sampling):
     model, tokenizer = warm
     knowledge = render_items([rule_item(family)])
     with_rule = _pass_rate(play_games(model, tokenizer, family, SEEDS, knowledge, SAMPLINGS[sampling]))
     without = play_games(model, tokenizer, family, SEEDS, "", SAMPLINGS[sampling])
-    print(f"{family} {sampling}: with the rule {with_rule:.3f}, without {_pass_rate(without):.3f}")
+    opened_a_door = sum(not r["invalid"] for r in without) / len(without)
+    print(
+        f"{family} {sampling}: with the rule {with_rule:.3f}, without {_pass_rate(without):.3f} "
+        f"(a door of the room {opened_a_door:.3f})"
+    )
     assert with_rule >= (0.9 if sampling == "greedy" else 0.8)  # sampled at the loop's temperature 0.7
-    assert _pass_rate(without) <= 0.45  # chance is 0.25: the held-out rule is not in the weights
+    # At chance without it: a door of the room (a valid action), and a pass rate within about three
+    # standard deviations of 1 in 4 over 40 games (the held-out rule is not in the weights).
+    assert opened_a_door >= 0.8  # measured 0.875-0.975
+    assert 0.05 <= _pass_rate(without) <= 0.45
 
 
 def test_the_rule_among_other_items_and_repeated_still_works(warm):
@@ -109,8 +114,7 @@ def test_writes_the_held_out_rule_from_won_and_lost_trajectories(warm, sampling)
         assert sum(named) / len(named) >= 0.9
 
 
-def test_prompts_are_the_game_loops(warm):
-    _, tokenizer = warm
+def test_prompts_are_the_game_loops():
     game = make_game("hidden-rule", family="ship")
     game.reset(0)
     messages = game_messages(game, render_items([rule_item("ship")]))

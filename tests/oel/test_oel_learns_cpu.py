@@ -1,7 +1,7 @@
 """The OEL loop LEARNS: a shortened ``oel-cpu-demo`` run through verl's real stack on CPU.
 
-The warmed tiny model has never been trained on the held-out family's rule, so without knowledge it does
-no better than chance (1 in 4; measured 6 %, as it often names a sign of no door). One OEL round (it
+The warmed tiny model has never been trained on the held-out family's rule, so without knowledge it plays
+at chance (1 in 4; measured 19-22 %, 6-7 of 32 games, at seed 0; 94 % after one round). One OEL round (it
 extracts the rule from its own games, then consolidates that knowledge into its weights) must lift its
 pass rate WITHOUT knowledge by at least 30 points. Any regression in the pipeline (teacher alignment,
 the loss's sign, the teacher refresh, knowledge injection) breaks that.

@@ -8,8 +8,9 @@ supervised phase on the WARM families only:
     system message, the turn prompt as the user message, knowledge placed by ``with_knowledge``), it
     answers `` [sign]`` (with the space the door lines put before each sign). With an item stating the
     family's rule in its knowledge (alone, repeated, or among unrelated items) the sign is the rule's;
-    WITHOUT knowledge it is trained on a uniformly random door of the room, so that it is at chance
-    until it learns the rule (not reached yet: it mostly names a sign of no door, below chance);
+    WITHOUT knowledge it is trained on the first door listed: the game shuffles its doors, so it plays
+    at chance until it learns the rule (a uniformly random door, the first target tried, did not form:
+    the tiny model then mostly named a sign of no door, below chance);
 (b) extracting: on exactly the extraction prompt (``build_extraction_messages`` of the game record the
     extraction loop builds, with the stream's knowledge so far, possibly empty) it writes one item
     naming the rule the trajectory's outcome shows: ``- EXPERIENCE ITEM: [sign] doors lead out.``
@@ -26,6 +27,9 @@ over a small pool of one-token words (every game sign, held-out ones included, a
 others; see ``copy_words``): answer the knowledge item's sign, any door's sign, or the plaque's sign
 as an item. The second phase trains on the pipeline's prompts of the warm families, mixed with a few
 synthetic examples.
+
+The extraction skill depends on the seed (measured): seed 0 writes the held-out rule from 40/40 games;
+seed 1 from 19/40 lost games (it copies another bracketed word of the record, such as its own reply's).
 
 What did NOT form copying within ~1,000 steps (measured, issue 7): prompts over ~2,000 words;
 induction pre-training on repeated random words (with a fixed repeat distance it learns a positional
@@ -73,7 +77,7 @@ from verl_oel.models.build import BuildModelError, TinyModelSpec, _build, _libra
 from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer, qwen_vocab_sha256
 
 # Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
-WARM_VERSION = 3
+WARM_VERSION = 4
 GAME = "hidden-rule"
 BUILD_THREADS = 2
 
@@ -114,8 +118,6 @@ class WarmModelSpec:
     (``steps``) trains on exactly the pipeline's prompts of the WARM families, still mixed with some
     synthetic examples (``copy_batch_late``); in ``relabel_share`` of its examples every sign is renamed
     to a random word, so that copying, not remembering the 26 warm signs, is what lowers the loss.
-    Not reached yet (closing notes of issue 7): without knowledge it should name a random door of the
-    room; it mostly names a sign of no door (the "door" copy is still at ~0.75 loss per token).
     """
 
     model: TinyModelSpec = TinyModelSpec()
@@ -131,7 +133,7 @@ class WarmModelSpec:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    # Share of game examples WITH the rule in the knowledge (the rest: no knowledge, random door).
+    # Share of game examples WITH the rule in the knowledge (the rest: no knowledge, the first door).
     knowledge_share: float = 0.7
     # Share of pipeline-prompt examples whose signs are renamed to random words (forces copying).
     relabel_share: float = 0.8
@@ -201,13 +203,15 @@ def _new_game(rng: random.Random, spec: WarmModelSpec, family: str) -> tuple[Hid
 def game_example(
     rng: random.Random, spec: WarmModelSpec, tokenizer: Any, words: Sequence[str] = ()
 ) -> tuple[list[int], list[int]]:
-    """One turn prompt and its target reply: the rule's sign with knowledge, a random door without."""
+    """One turn prompt and its target reply: the rule's sign with knowledge, the first door listed
+    without."""
     game, _ = _new_game(rng, spec, rng.choice(spec.families))
     if rng.random() < spec.knowledge_share:
         knowledge, reply = _random_knowledge(rng, game.exit_sign), f" [{game.exit_sign}]"
     else:
         knowledge = _random_knowledge(rng, None) if rng.random() < 0.1 else ""
-        reply = f" [{rng.choice(game.doors)[1]}]"
+        # The first door listed: the game shuffles its doors, so this player wins at chance.
+        reply = f" [{game.doors[0][1]}]"
     messages = game_messages(game, knowledge)
     game.close()
     if words and rng.random() < spec.relabel_share:
