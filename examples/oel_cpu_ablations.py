@@ -8,7 +8,7 @@ runs to the 8-token limit) and the knowledge items the round's model wrote (summ
 0 means the round's teacher had nothing to add), as mean ± standard deviation over the seeds (per
 seed in brackets).
 
-    python examples/oel_cpu_ablations.py                   # 4 recipes x 3 seeds, about 1 h on 2 cores
+    python examples/oel_cpu_ablations.py                   # 4 recipes x 3 seeds, about 40 min on 2 cores
     python examples/oel_cpu_ablations.py --seeds 0 --recipes oel-cpu-demo
 
 Each run is ``verl-oel train`` in its own directory under ``--run-dir``: rerunning the script resumes
