@@ -77,7 +77,7 @@ def test_acts_on_a_held_out_rule_in_its_prompt_and_at_chance_without(warm, famil
     assert with_rule >= (0.9 if sampling == "greedy" else 0.8)  # sampled at the loop's temperature 0.7
     # At chance without it: a door of the room (a valid action), and a pass rate within about three
     # standard deviations of 1 in 4 over 40 games (the held-out rule is not in the weights).
-    assert opened_a_door >= 0.8  # measured 0.875-0.975
+    assert opened_a_door >= 0.8  # measured 0.875-1.0 over two sessions
     assert 0.05 <= _pass_rate(without) <= 0.45
 
 
