@@ -19,7 +19,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .recipe_loader import compose_recipe
 
     if OmegaConf.select(compose_recipe(args.recipe, list(args.overrides)), "oel.rounds") is not None:
-        from .oel.trainer import run_oel
+        from .oel.launcher import run_oel
 
         return run_oel(args.recipe, list(args.overrides))
     return run_recipe(args.recipe, list(args.overrides))
@@ -110,7 +110,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """The README's main job: OEL that learns, on CPU. Builds the warmed tiny model (cached), then runs
     ``oel-cpu-demo`` (2 rounds on the held-out hidden-rule family), ending with the report and its plot."""
     from .models.warm import build_warm_model
-    from .oel.trainer import run_oel
+    from .oel.launcher import run_oel
 
     run_dir = Path(args.run_dir).resolve()
     print("verl-oel demo: the warmed tiny model (built once, about 10 minutes; then cached)", flush=True)

@@ -25,6 +25,6 @@ when_imported("verl.experimental.agent_loop.agent_loop", register_agent_loops)
 # The consolidation trainer registers itself in verl's v1 trainer registry (selected by
 # `trainer.v1.trainer_mode: oel_consolidation`), and so does the OEL loop trainer (`oel`), when verl
 # imports that registry.
-when_imported("verl.trainer.ppo.v1", lambda _: import_module("verl_oel.oel.verl_trainer"))
+when_imported("verl.trainer.ppo.v1", lambda _: import_module("verl_oel.oel.trainer"))
 
 LOADED = True

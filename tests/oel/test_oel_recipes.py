@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from verl_oel.distill.config import OEL_LOOP_KEYS, ConsolidationConfig
 from verl_oel.oel.config import OELConfig
-from verl_oel.oel.trainer import load_oel_recipe, run_oel
+from verl_oel.oel.launcher import load_oel_recipe, run_oel
 from verl_oel.recipe_checks import RecipeError, check_recipe
 from verl_oel.recipe_loader import compose_recipe, list_recipes
 

@@ -30,7 +30,7 @@ from verl_oel.knowledge.storage import (
     stream_path,
     write_atomic,
 )
-from verl_oel.knowledge.store import (
+from verl_oel.knowledge.stream import (
     KnowledgeItem,
     KnowledgeStore,
     KnowledgeStream,

@@ -18,7 +18,7 @@ from typing import Any
 
 from verl_oel.knowledge.counts import KnowledgeCounts
 from verl_oel.knowledge.parsing import check_marker, normalise_item, parse_items, render_items
-from verl_oel.knowledge.store import (
+from verl_oel.knowledge.stream import (
     KnowledgeItem,
     KnowledgeStore,
     KnowledgeStream,

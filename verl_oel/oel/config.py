@@ -17,7 +17,7 @@ from verl_oel.distill.config import OEL_LOOP_KEYS, ConsolidationConfig
 from verl_oel.oel.extraction_stage import ExtractionConfig
 
 TRAINER_MODE = "oel"
-"""verl's v1 trainer mode that runs the loop (``verl_oel.oel.verl_trainer.OELTrainer``)."""
+"""verl's v1 trainer mode that runs the loop (``verl_oel.oel.trainer.OELTrainer``)."""
 
 TEACHERS = ("frozen", "moving")
 """``frozen``: the round-start policy is the teacher for the whole round (the paper); ``moving``: the live

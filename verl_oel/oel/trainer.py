@@ -1,124 +1,387 @@
-"""``run_oel``: all rounds of Online Experiential Learning in one resumable command.
+"""The OEL loop as one verl trainer: every stage of every round in ONE verl launch.
 
-``verl-oel train --config-name RECIPE`` with an ``oel.rounds`` recipe lands here. This is the launcher;
-the loop itself is verl's trainer ``OELTrainer`` (``verl_trainer.py``, trainer mode ``oel``), which runs
-every stage of every round inside ONE verl launch. The launcher:
+Selected from YAML through verl's own trainer registry (``trainer.v1.trainer_mode: oel``); ``verl-oel
+train`` opens the run directory, then launches verl's ``main_ppo`` with this mode (``trainer.py``).
+``OELTrainer`` is the consolidation trainer (``verl_oel.distill.trainer``) whose ``fit`` runs the rounds
+instead of one training loop. Between consolidation epochs, the "recipe callback" of the design card, it
+uses the pieces verl already started once:
 
-1. composes and checks the recipe (an impossible length budget or an unknown game fails here, naming
-   the key, before any worker starts);
-2. opens the run directory: takes its lock for the whole run and checks that a resumed run has the
-   settings it started with (``RunState.open``);
-3. launches verl's own ``main_ppo`` from the newest model the run has on disk
-   (``RunState.start_model``: the base model, or the model the last finished stage produced), so a
-   killed run restarts where it stopped; verl's process dies with this one (``launch.run_recipe``);
-4. renders the report (``report.json``, ``report.md``, ``report.png``).
+- extraction, deployment and evaluation are verl's validation pass (``_validate``) over rows this module
+  writes: the same agent loops, vLLM server, reward function and ``val_kwargs`` sampling as training;
+  the agent loops write knowledge streams and deployment episodes to the run directory;
+- consolidation is verl's training step on the round's replayed deployment prompts, with the frozen
+  teacher (verl's ref, refreshed from the actor at the round's start) reading them with the knowledge;
+- the checkpoint is verl's own HF save of the actor, published into the run directory.
+
+Stage markers (``RunState``) make a killed run resumable: the launcher restarts verl from the newest
+model on disk (``RunState.start_model``) and this trainer skips every finished stage. Everything a
+stage samples is seeded per row and each round starts with a fresh optimizer, so the resumed run
+reproduces the uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import numpy as np
+import transfer_queue as tq
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torchdata.stateful_dataloader import StatefulDataLoader
+from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.utils.dataset.rl_dataset import collate_fn
+from verl.utils.debug import marked_timer
+from verl.utils.skip import SkipManager
+from verl.utils.tracking import DapoFilteredRewardTableLogger, Tracking, ValidationGenerationsLogger
 
-from verl_oel.launch import model_reference, run_recipe
+from verl_oel.data.parquet_io import write_parquet_atomic
+from verl_oel.distill.trainer import ConsolidationTrainer
+from verl_oel.distill.worker import weights_fingerprint
+from verl_oel.evaluation import validation_metric
+from verl_oel.knowledge import load_stream, stream_path, write_atomic
 from verl_oel.oel.config import TRAINER_MODE, OELConfig
-from verl_oel.oel.report import render_report
-from verl_oel.oel.run_state import SAFE_TO_CHANGE, RunSpec, RunState
-from verl_oel.recipe_checks import RecipeError, check_recipe
-from verl_oel.recipe_loader import compose_recipe
-
-TRAINER_OWNED_KEYS: tuple[str, ...] = ("actor_rollout_ref.model.path", "oel.run_dir")
-"""Keys the launcher sets for each launch, so a user override of them names only the base model (and
-the run directory, which the launcher resolves first)."""
-
-OEL_SAFE_TO_CHANGE: tuple[str, ...] = (*SAFE_TO_CHANGE, "oel.rounds")
-"""Like ``run.rounds``, the recipe's ``oel.rounds`` may grow on resume to extend a run."""
+from verl_oel.oel.extraction_stage import collect_extraction, extraction_rows, stream_specs
+from verl_oel.oel.report import ConsolidationSummary, InContextPoint, RoundEval, save_round_eval
+from verl_oel.oel.run_state import RunState
+from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
 
 
 def _log(message: str) -> None:
     print(f"verl-oel oel: {message}", file=sys.stderr, flush=True)
 
 
-def load_oel_recipe(recipe: str, overrides: list[str]) -> tuple[DictConfig, OELConfig]:
-    """Compose and validate (recipe checks, then the loop's keys): fails before any worker starts."""
-    config = compose_recipe(recipe, overrides)
-    check_recipe(config)  # includes the loop's keys and lengths (recipe_checks._check_oel_loop)
-    if OmegaConf.select(config, "oel.rounds") is None:
-        raise RecipeError(f"recipe {recipe!r} has no oel.rounds: it is not an OEL run")
-    loop = OELConfig.from_mapping(OmegaConf.to_container(config.oel, resolve=True))
-    if loop.mode == "online":
-        raise NotImplementedError(
-            "oel.mode=online (the student plays the environment during consolidation) is not implemented "
-            "yet; use oel.mode=replay, the paper's OEL"
+def _plain(value: Any) -> Any:
+    """A metric value as plain JSON data (verl's metrics hold numpy scalars)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@register_trainer(TRAINER_MODE)
+class OELTrainer(ConsolidationTrainer):
+    """All rounds of Online Experiential Learning in one verl launch (see the module docstring)."""
+
+    def __init__(self, config: DictConfig) -> None:
+        self.loop = OELConfig.from_mapping(OmegaConf.to_container(config.oel, resolve=True))
+        if self.loop.run_dir is None:
+            raise ValueError("oel.run_dir: the OEL trainer needs the run directory (verl-oel train sets it)")
+        super().__init__(config)
+
+    # ---------------------------------------------------------------- verl hooks
+
+    def _init_dataloader(self) -> None:
+        """No dataset at start-up: every stage writes the rows it plays or trains on."""
+        self.train_dataset = self.val_dataset = None
+        self.train_dataloader = self.val_dataloader = None
+        self.train_dataloader_it = None
+        with open_dict(self.config):
+            # verl's non-"sync" trainer modes refill exactly one prompt per dataloader fetch.
+            self.config.data.gen_batch_size = 1
+        self.steps_per_epoch = self.loop.consolidation_steps
+        # At least one: verl builds the actor's LR schedule even for a run that never trains.
+        self.total_training_steps = max(1, self.loop.rounds * self.loop.consolidation_steps)
+        with open_dict(self.config):
+            # The LR schedule's horizon counts optimizer updates over the whole run.
+            self.config.actor_rollout_ref.actor.optim.total_training_steps = self.total_training_steps
+
+    def fit(self, agent_loop_manager: Any) -> None:
+        self.agent_loop_manager = agent_loop_manager
+        SkipManager.init(self.config)
+        names = (self.config.trainer.project_name, self.config.trainer.experiment_name)
+        self.logger = Tracking(
+            project_name=names[0],
+            experiment_name=names[1],
+            default_backend=self.config.trainer.logger,
+            config=OmegaConf.to_container(self.config, resolve=True),
         )
-    return config, loop
+        self.validation_generations_logger = ValidationGenerationsLogger(*names)
+        self.dapo_filtered_reward_logger = DapoFilteredRewardTableLogger(*names)
+        self.prev_step_profile = self.curr_step_profile = self.next_step_profile = False
+        self.state = RunState.attach(self.loop.run_dir)
+        stages = {
+            "teacher_refresh": self._teacher_refresh,
+            "extraction": self._extraction,
+            "deployment": self._deployment,
+            "consolidation": self._consolidation,
+            "evaluation": self._evaluation,
+            "checkpoint": self._checkpoint,
+        }
+        while (step := self.state.next_stage()) is not None:
+            stage = stages[step.stage] if step.round > 0 else self._evaluate_base
+            _log(f"round {step.round}: {step.stage} ...")
+            self.state.stage_dir_for_retry(step.round, step.stage)
+            self.global_steps = self._tracking_step(step.round)
+            started = time.monotonic()
+            summary = {"seconds": 0.0, **stage(step.round)}
+            summary["seconds"] = round(time.monotonic() - started, 1)
+            self.state.mark_done(step.round, step.stage, summary)
+            self.logger.log(data=self._stage_metrics(step.round, step.stage, summary), step=self.global_steps)
+            _log(f"round {step.round}: {step.stage} done {json.dumps(summary)}")
+        self._shutdown_dump_executor()
 
+    def _tracking_step(self, round: int) -> int:
+        """The step a stage logs at: the last consolidation step before it, so a resumed run logs at the
+        same steps as an uninterrupted one and the steps never go back."""
+        steps = self.loop.consolidation_steps
+        if round > 0 and self.state.is_done(round, "consolidation"):
+            return round * steps
+        return max(0, round - 1) * steps
 
-def run_oel(recipe: str, overrides: list[str]) -> int:
-    """Run (or resume) every round of the OEL recipe; returns a process exit code."""
-    try:
-        config, loop = load_oel_recipe(recipe, overrides)
-    except (RecipeError, ValueError) as error:
-        print(f"verl-oel: {error}", file=sys.stderr)
-        return 2
-    base_model = model_reference(str(config.actor_rollout_ref.model.path))
-    run_dir = Path(loop.run_dir or str(config.trainer.default_local_dir)).expanduser().resolve()
-    spec = RunSpec(
-        base_model=base_model,
-        rounds=loop.rounds,
-        seed=loop.seed,
-        config=OmegaConf.to_container(config, resolve=True),
-        skip_stages=loop.skip_stages,
-    )
-    with RunState.open(run_dir, spec, safe_to_change=OEL_SAFE_TO_CHANGE) as state:
-        _log(f"run directory {state.layout.run_dir}: {loop.rounds} round(s) of {loop.game} from {base_model}")
-        if (step := state.next_stage()) is not None:
-            start_model = state.start_model()
-            _log(f"starting at round {step.round} stage {step.stage} from {start_model}")
-            # One log and one metrics file per launch: verl's file logger truncates its file when it opens
-            # it, and a resumed run must keep what the killed launch logged.
-            stamp = time.strftime("%Y%m%d_%H%M%S")
-            log_file = state.layout.logs_dir / f"verl_{stamp}.log"
-            code = run_recipe(
-                recipe,
-                [*user_overrides(overrides), *launch_overrides(state, start_model, config)],
-                extra_env={"VERL_FILE_LOGGER_PATH": str(state.layout.logs_dir / f"metrics_{stamp}.jsonl")},
-                log_file=log_file,
-                echo=True,
+    @staticmethod
+    def _stage_metrics(round: int, stage: str, summary: dict[str, Any]) -> dict[str, float]:
+        """A finished stage's numbers for verl's tracking (console, wandb, tensorboard...)."""
+        return {
+            f"oel/{stage}/{key}": float(value)
+            for key, value in summary.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        } | {"oel/round": float(round)}
+
+    # ---------------------------------------------------------------- playing rows
+
+    def _play(self, rows: list[dict[str, Any]], path: Path) -> dict[str, float]:
+        """Play ``rows`` once through verl's validation pass; returns verl's validation metrics."""
+        write_parquet_atomic(rows, path)
+        dataset = create_rl_dataset(
+            [str(path)], self.config.data, self.tokenizer, self.processor, is_train=False
+        )
+        if len(dataset) != len(rows):
+            raise RuntimeError(
+                f"{path}: verl kept {len(dataset)} of {len(rows)} rows (prompts longer than "
+                f"data.max_prompt_length={self.config.data.max_prompt_length} are dropped): raise it"
             )
-            if code != 0:
-                _log(f"verl exited with code {code}; rerun the same command to resume (log: {log_file})")
-                return code
-            if (left := state.next_stage()) is not None:
-                _log(
-                    f"verl exited before the run finished (next: round {left.round} {left.stage}); "
-                    f"see {log_file}"
-                )
-                return 1
-        paths = render_report(state.layout.run_dir)
-    _log(f"run complete; report: {paths.markdown}")
-    return 0
+        self.val_dataset = dataset
+        self.val_dataloader = StatefulDataLoader(
+            dataset=dataset,
+            batch_size=len(dataset),
+            num_workers=0,
+            shuffle=False,
+            drop_last=False,
+            collate_fn=collate_fn,
+        )
+        return self._validate()
+
+    def _use_train_rows(self, path: Path) -> None:
+        """Make ``path`` verl's training data, read from its first row in order."""
+        self.train_dataset = create_rl_dataset(
+            [str(path)], self.config.data, self.tokenizer, self.processor, is_train=True
+        )
+        self.train_dataloader = StatefulDataLoader(
+            dataset=self.train_dataset,
+            batch_size=1,
+            num_workers=0,
+            drop_last=True,
+            collate_fn=collate_fn,
+            sampler=create_rl_sampler(self.config.data, self.train_dataset),
+        )
+        self.train_dataloader_it = None
+
+    def _round_knowledge(self, round: int) -> list[str]:
+        """The round's knowledge as the teacher reads it: each stream's cut-point snapshot, rendered."""
+        root = self.state.layout.knowledge_root(round)
+        return [
+            load_stream(stream_path(root, round, index)).render()
+            for index in range(self.loop.extraction.num_streams)
+        ]
+
+    # ---------------------------------------------------------------- the stages
+
+    def _evaluate(self, round: int, knowledge: list[str] | None) -> dict[str, float]:
+        name = "with_knowledge" if knowledge else "no_knowledge"
+        path = self.state.layout.stage_dir(round, "evaluation") / f"{name}.parquet"
+        metrics = self._play(evaluation_rows(self.loop, knowledge), path)
+        source = f"verl_oel/{self.loop.game}"
+        return {
+            "pass_rate": validation_metric(metrics, source, "pass"),
+            "tokens_per_turn": validation_metric(metrics, source, "tokens_per_turn"),
+        }
+
+    def _evaluate_base(self, round: int) -> dict[str, Any]:
+        result = self._evaluate(round, None)
+        record = RoundEval(
+            round=0,
+            num_games=self.loop.evaluation.games,
+            pass_rate_no_knowledge=result["pass_rate"],
+            tokens_per_turn=result["tokens_per_turn"],
+        )
+        save_round_eval(self.state.layout, record)
+        return result
+
+    def _teacher_refresh(self, round: int) -> dict[str, Any]:
+        """The frozen teacher of round r is pi_{r-1}: the actor as the round starts (after a resume, the
+        model verl loaded, which is the same policy)."""
+        self.refresh_teacher()
+        teacher = self.state.previous_model(round)
+        # Which weights the teacher really holds, comparable with a saved model's (weights_fingerprint).
+        fingerprint = self.actor_rollout_wg.teacher_fingerprint()[0]
+        document = {"round": round, "teacher": teacher, "fingerprint": fingerprint}
+        write_atomic(
+            self.state.layout.stage_dir(round, "teacher_refresh") / "teacher.json", json.dumps(document)
+        )
+        return {"teacher": teacher, "teacher_fingerprint": fingerprint}
+
+    def _extraction(self, round: int) -> dict[str, Any]:
+        out_dir = self.state.layout.knowledge_root(round)
+        config = self.loop.extraction
+        specs = stream_specs(config, round, out_dir)
+        self._play(extraction_rows(specs, config.concurrent), out_dir / "streams.parquet")
+        result = collect_extraction(out_dir, config, round)
+        return {
+            "streams": len(result.streams),
+            "items": result.items,
+            "pass_rate": result.pass_rate,
+            "in_context_curve": result.in_context_curve,
+        }
+
+    def _deployment(self, round: int) -> dict[str, Any]:
+        """Fresh games without knowledge; the agent loop saves each episode, then one row per turn prompt."""
+        out_dir = self.state.layout.deployment_dir(round)
+        episodes_dir = out_dir / "episodes"
+        rows = deployment_rows(self.loop, round, episodes_dir)
+        self._play(rows, out_dir / "games.parquet")
+        episodes = [json.loads(path.read_text()) for path in sorted(episodes_dir.glob("episode_*.json"))]
+        if len(episodes) != len(rows):
+            raise RuntimeError(f"deployment saved {len(episodes)} of {len(rows)} episodes in {episodes_dir}")
+        prompts = consolidation_rows(self.loop, round, episodes, self._round_knowledge(round))
+        batch = int(self.config.data.train_batch_size)
+        if len(prompts) < batch:
+            raise RuntimeError(
+                f"deployment saved {len(prompts)} turn prompts, fewer than data.train_batch_size={batch}: "
+                "raise oel.deployment.games"
+            )
+        write_parquet_atomic(prompts, out_dir / "prompts.parquet")
+        return {
+            "games": len(episodes),
+            "pass_rate": sum(e["won"] for e in episodes) / len(episodes),
+            "turn_prompts": len(prompts),
+        }
+
+    def _consolidation(self, round: int) -> dict[str, Any]:
+        """``consolidation_steps`` of verl's training step from pi_{r-1} with a fresh optimizer; saves pi_r
+        as an HF folder (verl's checkpoint manager, ``save_contents: [hf_model]``)."""
+        layout = self.state.layout
+        out_dir = layout.stage_dir(round, "consolidation")
+        steps = self.loop.consolidation_steps
+        self._use_train_rows(layout.deployment_dir(round) / "prompts.parquet")
+        self.actor_rollout_wg.reset_optimizer()
+        # Steps are numbered across rounds (round r holds steps (r-1)*S+1 .. r*S), resumed or not.
+        self.global_steps = (round - 1) * steps
+        records = []
+        for _ in range(steps):
+            self.global_steps += 1
+            SkipManager.set_step(self.global_steps)
+            if self.loop.teacher == "moving":
+                self.refresh_teacher()
+            metrics: dict[str, Any] = {}
+            self.timing_raw = {}
+            with marked_timer("step", self.timing_raw):
+                batch = self.step(metrics, self.timing_raw)
+                self.on_step_end()  # the rollout server gets the new weights
+                metrics.update(self._consume_sync_metrics())
+            self._compute_metrics(
+                batch, metrics, self.timing_raw, global_steps=self.global_steps, epoch=round - 1
+            )
+            tq.kv_clear(keys=batch.keys, partition_id=batch.partition_id)
+            metrics["oel/round"] = round
+            self.logger.log(data=metrics, step=self.global_steps)
+            records.append({"step": self.global_steps, "data": {k: _plain(v) for k, v in metrics.items()}})
+        lines = "".join(json.dumps(record, default=str) + "\n" for record in records)
+        write_atomic(layout.metrics_jsonl(round), lines)
+        hf_model = out_dir / "actor" / "huggingface"
+        self.actor_rollout_wg.save_checkpoint(
+            str(out_dir / "actor"), None, self.global_steps, max_ckpt_to_keep=None
+        )
+        if not (hf_model / "config.json").is_file() or not list(hf_model.glob("*.safetensors")):
+            raise RuntimeError(f"consolidation saved no HF model in {hf_model}")
+        align_config_dtype(hf_model)
+        kl = [record["data"]["actor/oel/kl"] for record in records]
+        return {"hf_model": str(hf_model), "steps": len(kl), "kl_first": kl[0], "kl_last": kl[-1], "kl": kl}
+
+    def _evaluation(self, round: int) -> dict[str, Any]:
+        """pi_r on the held-out games without knowledge and, if asked, with the round's knowledge in context
+        (the teacher's setting, read by the student model)."""
+        extraction = self.state.summary(round, "extraction")
+        trained = self.state.is_done(round, "consolidation")
+        consolidation = self.state.summary(round, "consolidation") if trained else None
+        result = self._evaluate(round, None)
+        with_knowledge = (
+            self._evaluate(round, self._round_knowledge(round))
+            if self.loop.evaluation.with_knowledge
+            else None
+        )
+        curve = extraction["in_context_curve"]
+        record = RoundEval(
+            round=round,
+            num_games=self.loop.evaluation.games,
+            pass_rate_no_knowledge=result["pass_rate"],
+            tokens_per_turn=result["tokens_per_turn"],
+            pass_rate_with_knowledge=with_knowledge["pass_rate"] if with_knowledge else None,
+            tokens_per_turn_with_knowledge=with_knowledge["tokens_per_turn"] if with_knowledge else None,
+            knowledge_items=sum(extraction["items"]),
+            in_context_curve=tuple(InContextPoint(games=i + 1, pass_rate=p) for i, p in enumerate(curve)),
+            consolidation=ConsolidationSummary(
+                kl_first=consolidation["kl_first"],
+                kl_last=consolidation["kl_last"],
+                steps=consolidation["steps"],
+            )
+            if consolidation
+            else None,
+        )
+        save_round_eval(self.state.layout, record)
+        summary = {"pass_rate": result["pass_rate"], "tokens_per_turn": result["tokens_per_turn"]}
+        if with_knowledge:
+            summary["pass_rate_with_knowledge"] = with_knowledge["pass_rate"]
+        return summary
+
+    def _checkpoint(self, round: int) -> dict[str, Any]:
+        """Copy pi_r's HF folder beside the checkpoint folder, check transformers loads it, then rename it
+        in: the checkpoint folder is either absent (stage unfinished) or whole."""
+        target = self.state.layout.checkpoint_dir(round)
+        source = Path(self.state.summary(round, "consolidation")["hf_model"])
+        temporary = target.with_name(f".{target.name}.tmp")
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        shutil.copytree(source, temporary)
+        parameters, fingerprint = verify_hf_folder(temporary)
+        target.rmdir()  # the empty folder stage_dir_for_retry made
+        os.replace(temporary, target)
+        return {"model": str(target), "parameters": parameters, "fingerprint": fingerprint}
 
 
-def user_overrides(overrides: list[str]) -> list[str]:
-    """The user's overrides, less the keys the launcher sets itself."""
-    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in TRAINER_OWNED_KEYS]
+def verify_hf_folder(folder: Path) -> tuple[int, list[float]]:
+    """Load the folder as the next round's launches will (transformers, tokenizer with its chat template);
+    returns the parameter count and the weights' fingerprint. A checkpoint that does not load must never
+    be published."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not tokenizer.chat_template:
+        raise RuntimeError(f"{folder}: the tokenizer has no chat template; the game prompts need one")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    return sum(parameter.numel() for parameter in model.parameters()), weights_fingerprint(model)
 
 
-def launch_overrides(state: RunState, start_model: str, config: DictConfig) -> list[str]:
-    """What turns the recipe into this run's launch: the model to start from, the loop's trainer, the run
-    directory, and verl's HF-only checkpoints (written per round by the consolidation stage)."""
-    loggers = list(OmegaConf.select(config, "trainer.logger", default=["console"]) or [])
-    return [
-        f"actor_rollout_ref.model.path={start_model}",
-        f"++oel.run_dir={state.layout.run_dir}",  # ++: set whether or not the recipe names it
-        "trainer.use_v1=true",
-        f"trainer.v1.trainer_mode={TRAINER_MODE}",
-        "trainer.val_before_train=false",
-        "trainer.resume_mode=disable",
-        "actor_rollout_ref.actor.checkpoint.save_contents=[hf_model]",
-        f"trainer.default_local_dir={state.layout.run_dir / 'verl'}",
-        "trainer.logger=[" + ",".join(dict.fromkeys([*loggers, "file"])) + "]",
-    ]
+def align_config_dtype(folder: Path) -> str:
+    """Make config.json state the dtype the weights are saved in; returns it.
+
+    verl's HF save builds its model skeleton in bfloat16 (so config.json says ``bfloat16``) and then saves
+    the actor's own state dict, float32 on CPU: transformers' ``dtype="auto"`` would then load a float32
+    checkpoint as bfloat16, silently rounding the consolidated weights.
+    """
+    from safetensors import safe_open
+
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    with safe_open(str(shard), framework="pt") as weights:
+        dtype = str(weights.get_tensor(next(iter(weights.keys()))).dtype).removeprefix("torch.")
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = dtype
+    write_atomic(config_path, json.dumps(config, indent=2) + "\n")
+    return dtype

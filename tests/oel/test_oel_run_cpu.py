@@ -102,7 +102,7 @@ def reference_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(reference_run, tiny_model_dir):
-    from verl_oel.oel.verl_trainer import verify_hf_folder
+    from verl_oel.oel.trainer import verify_hf_folder
 
     layout = RunLayout(reference_run.resolve())
     assert list(read_stage_markers(layout, 0)) == ["evaluation"]
