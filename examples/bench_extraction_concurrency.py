@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from verl_oel.models.build import build_tiny_model
-from verl_oel.oel.extraction_stage import ExtractionConfig, run_extraction
+from verl_oel.oel.extraction_run import run_extraction
+from verl_oel.oel.extraction_stage import ExtractionConfig
 
 
 def main() -> None:

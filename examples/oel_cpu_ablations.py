@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from verl_oel.knowledge import write_atomic
+from verl_oel.atomic_io import write_text_atomic
 from verl_oel.models.warm import build_warm_model
 from verl_oel.oel import RunLayout, load_round_eval
 from verl_oel.oel.run_state import read_run_spec
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             run(recipe, seed, model.resolve(), run_dir)
             results.setdefault(recipe, {})[seed] = round_results(run_dir)
     text = table(results, args.seeds)
-    write_atomic(args.run_dir / "table.md", text + "\n")
+    write_text_atomic(args.run_dir / "table.md", text + "\n")
     print(text)
     return 0
 

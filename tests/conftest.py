@@ -6,15 +6,21 @@ import os
 from pathlib import Path
 
 import pytest
-from oel_testing import REPO_ROOT, run_python
+from oel_testing import run_python
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# Built once per machine and reused across sessions: the builder skips a folder that already
-# holds the same build (see verl_oel/models/build.py).
-MODEL_CACHE = Path(os.environ.get("VERL_OEL_TEST_CACHE", REPO_ROOT / ".cache" / "test-models"))
+# Built once per machine (not per checkout: a fresh clone on the same machine reuses them) and kept
+# across sessions. Safe to share: each build records a hash of everything it depends on (spec, seed,
+# builder and library versions) and is redone when that changes (verl_oel/models/build_folder.py).
+MODEL_CACHE = Path(
+    os.environ.get(
+        "VERL_OEL_TEST_CACHE",
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "verl_oel" / "test-models",
+    )
+)
 
 
 @pytest.fixture

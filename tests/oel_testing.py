@@ -48,7 +48,9 @@ def read_metrics(jsonl_path: Path) -> dict[int, dict]:
     return steps
 
 
-def train_and_read_metrics(tmp_path: Path, recipe: str, overrides: list[str]) -> dict[int, dict]:
+def train_and_read_metrics(
+    tmp_path: Path, recipe: str, overrides: list[str], env: dict[str, str] | None = None
+) -> dict[int, dict]:
     """Run ``verl-oel train`` on ``recipe`` with file tracking; returns the per-step metrics."""
     metrics = tmp_path / "metrics.jsonl"
     proc = run_verl_oel(
@@ -60,7 +62,7 @@ def train_and_read_metrics(tmp_path: Path, recipe: str, overrides: list[str]) ->
             "trainer.logger=[console,file]",
             *overrides,
         ],
-        env={"VERL_FILE_LOGGER_PATH": str(metrics)},
+        env={"VERL_FILE_LOGGER_PATH": str(metrics), **(env or {})},
     )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     return read_metrics(metrics)

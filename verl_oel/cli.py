@@ -15,14 +15,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """A recipe with ``oel.rounds`` is a whole OEL run (all rounds, resumable); others are one verl launch."""
     from omegaconf import OmegaConf
 
-    from .launch import run_recipe
     from .recipe_loader import compose_recipe
 
-    if OmegaConf.select(compose_recipe(args.recipe, list(args.overrides)), "oel.rounds") is not None:
+    config = compose_recipe(args.recipe, list(args.overrides))
+    if OmegaConf.select(config, "oel.rounds") is not None:
         from .oel.launcher import run_oel
 
-        return run_oel(args.recipe, list(args.overrides))
-    return run_recipe(args.recipe, list(args.overrides))
+        return run_oel(args.recipe, list(args.overrides), verbose=args.verbose)
+    return _train_one_launch(args.recipe, list(args.overrides), config, args.verbose)
+
+
+def _train_one_launch(recipe: str, overrides: list[str], config, verbose: bool) -> int:
+    """A plain verl recipe: its output goes to ``trainer.default_local_dir/logs/``, the console shows the
+    training steps as they pass (all of verl's output live with ``verbose``)."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from .console import ConsoleView, format_seconds
+    from .launch import run_recipe
+    from .recipe_checks import RecipeError, check_recipe
+
+    try:
+        check_recipe(config)  # before naming a log that will never be written
+    except RecipeError as error:
+        print(f"verl-oel: {error}", file=sys.stderr)
+        return 2
+    out_dir = Path(str(OmegaConf.select(config, "trainer.default_local_dir", default="runs"))).expanduser()
+    log_file = out_dir.resolve() / "logs" / f"verl_{time.strftime('%Y%m%d_%H%M%S')}.log"
+    steps = OmegaConf.select(config, "trainer.total_training_steps", default=None)
+    print(
+        f"verl-oel: {recipe}: verl's output: {log_file}" + ("" if verbose else " (-v shows it here)"),
+        flush=True,
+    )
+    console = ConsoleView(
+        tty=False if verbose else None, totals={"training": steps} if steps else {}, count_steps=True
+    )
+    started = time.monotonic()
+    code = run_recipe(recipe, overrides, log_file=log_file, echo=verbose, console=console)
+    if code == 0:
+        print(
+            f"verl-oel: {recipe}: done, {console.steps_seen} training step(s) in "
+            f"{format_seconds(time.monotonic() - started)}",
+            flush=True,
+        )
+    return code
 
 
 def _parse_settings(pairs: list[str]) -> dict:
@@ -115,6 +152,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir).resolve()
     print("verl-oel demo: the warmed tiny model (built once, about 10 minutes; then cached)", flush=True)
     model_dir = build_warm_model(run_dir / "models" / "warm", seed=args.seed)
+    print(f"verl-oel demo: model {model_dir}", flush=True)
     return run_oel(
         DEMO_RECIPE,
         [
@@ -122,45 +160,100 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"trainer.default_local_dir={run_dir / DEMO_RECIPE}",
             *args.overrides,
         ],
+        verbose=args.verbose,
     )
 
 
 DEMO_RECIPE = "oel-cpu-demo"
 
 
+OVERRIDES_HELP = "Hydra overrides of the recipe, key=value (e.g. trainer.total_training_steps=4)"
+VERBOSE_HELP = "show verl's, Ray's and vLLM's whole output live (it always goes to the run's log file)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="verl-oel", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="run a recipe through verl's trainer")
-    train.add_argument("--config-name", dest="recipe", required=True, help="recipe name or YAML path")
-    train.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")
+    train = sub.add_parser(
+        "train",
+        help="run a recipe through verl's trainer (an OEL recipe: all its rounds, resumable)",
+        description="Run a recipe through verl's trainer. A recipe with oel.rounds runs every round of OEL "
+        "in one verl launch and resumes where a killed run stopped. The console shows one line per stage; "
+        "verl's whole output is in the run's logs/ folder.",
+    )
+    train.add_argument(
+        "--config-name",
+        dest="recipe",
+        required=True,
+        metavar="RECIPE",
+        help="recipe name (recipes/) or YAML path",
+    )
+    train.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     train.set_defaults(func=_cmd_train)
 
     data = sub.add_parser("make-data", help="write verl parquet datasets of game seeds")
     data.add_argument("--game", required=True, help="a game name (see verl_oel.envs.list_games) or 'smoke'")
-    data.add_argument("--out", required=True)
-    data.add_argument("--seed", type=int, default=0, help="base seed; splits use disjoint seed blocks")
-    data.add_argument("--setting", action="append", default=[], help="game setting key=value (repeatable)")
-    data.add_argument("--train-size", type=int, default=256)
-    data.add_argument("--val-size", type=int, default=32)
-    data.add_argument("--test-size", type=int, default=128, help="the fixed held-out set")
-    data.add_argument("--mode", default="conversation", choices=["conversation", "per_turn"])
-    data.add_argument("--max-turn-tokens", type=int, default=None)
+    data.add_argument("--out", required=True, metavar="DIR", help="folder to write the parquet files to")
+    data.add_argument(
+        "--seed", type=int, default=0, help="base seed; splits use disjoint seed blocks (default 0)"
+    )
+    data.add_argument(
+        "--setting", action="append", default=[], metavar="KEY=VALUE", help="game setting (repeatable)"
+    )
+    data.add_argument(
+        "--train-size", type=int, default=256, metavar="N", help="games in the train split (256)"
+    )
+    data.add_argument("--val-size", type=int, default=32, metavar="N", help="games in the val split (32)")
+    data.add_argument(
+        "--test-size", type=int, default=128, metavar="N", help="games in the fixed held-out test split (128)"
+    )
+    data.add_argument(
+        "--mode",
+        default="conversation",
+        choices=["conversation", "per_turn"],
+        help="conversation: one multi-turn chat per game; per_turn: each turn a fresh prompt with the game "
+        "log so far (default conversation)",
+    )
+    data.add_argument(
+        "--max-turn-tokens", type=int, default=None, metavar="N", help="tokens a reply may use per turn"
+    )
     data.set_defaults(func=_cmd_make_data)
 
     ev = sub.add_parser("eval", help="held-out pass rate through verl's rollout stack")
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--game", required=True)
-    ev.add_argument("--knowledge", default=None, help="knowledge to put in the prompt (.json stream or text)")
-    ev.add_argument("--setting", action="append", default=[], help="game setting key=value (repeatable)")
-    ev.add_argument("--num-games", type=int, default=128)
-    ev.add_argument("--seed", type=int, default=0, help="base seed of the dataset (test split)")
-    ev.add_argument("--mode", default="per_turn", choices=["conversation", "per_turn"])
-    ev.add_argument("--max-turn-tokens", type=int, default=None)
-    ev.add_argument("--out", default="runs/eval")
-    ev.add_argument("--recipe", default="grpo_cpu_games", help="recipe whose rollout settings are used")
-    ev.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")
+    ev.add_argument("--model", required=True, metavar="DIR", help="model folder (HF) or hub id to evaluate")
+    ev.add_argument("--game", required=True, help="a game name (see verl_oel.envs.list_games)")
+    ev.add_argument(
+        "--knowledge",
+        default=None,
+        metavar="FILE",
+        help="knowledge to put in the prompt (.json stream or text)",
+    )
+    ev.add_argument(
+        "--setting", action="append", default=[], metavar="KEY=VALUE", help="game setting (repeatable)"
+    )
+    ev.add_argument("--num-games", type=int, default=128, metavar="N", help="held-out games to play (128)")
+    ev.add_argument("--seed", type=int, default=0, help="base seed of the dataset (test split; default 0)")
+    ev.add_argument(
+        "--mode",
+        default="per_turn",
+        choices=["conversation", "per_turn"],
+        help="how the games are prompted: per_turn (default) or conversation",
+    )
+    ev.add_argument(
+        "--max-turn-tokens", type=int, default=None, metavar="N", help="tokens a reply may use per turn"
+    )
+    ev.add_argument(
+        "--out",
+        default="runs/eval",
+        metavar="DIR",
+        help="folder for the games, verl's log (verl.log) and eval.json (default runs/eval)",
+    )
+    ev.add_argument(
+        "--recipe", default="grpo_cpu_games", help="recipe whose rollout settings are used (grpo_cpu_games)"
+    )
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     ev.set_defaults(func=_cmd_eval)
 
     build = sub.add_parser("build-model", help="build a model folder without a hub")
@@ -170,15 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_cmd_build_model)
 
     report = sub.add_parser("report", help="re-render an OEL run's report (json, markdown, plot)")
-    report.add_argument("run_dir")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (trainer.default_local_dir)")
     report.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser(
         "demo", help="the main job on CPU: the warmed tiny model learns a held-out game rule by OEL"
     )
-    demo.add_argument("--run-dir", default="runs/demo")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")
+    demo.add_argument(
+        "--run-dir",
+        default="runs/demo",
+        metavar="DIR",
+        help="folder for the warmed model (models/warm) and the run (default runs/demo)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the warmed tiny model (default 0)")
+    demo.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     demo.set_defaults(func=_cmd_demo)
     return parser
 

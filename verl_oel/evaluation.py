@@ -9,12 +9,12 @@ given, goes where the consolidation teacher reads it (``verl_oel.knowledge.injec
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic_io import write_json_atomic
 from .data.games import GameDataSpec, write_game_data
 from .launch import run_recipe, validation_only_overrides
 
@@ -112,7 +112,5 @@ def evaluate(request: EvalRequest) -> EvalResult:
         turns=validation_metric(metrics, data_source, "turns"),
         invalid_actions=validation_metric(metrics, data_source, "invalid_actions"),
     )
-    tmp = out / ".eval.json.tmp"
-    tmp.write_text(json.dumps(asdict(result), indent=2))
-    os.replace(tmp, out / "eval.json")
+    write_json_atomic(out / "eval.json", asdict(result))
     return result

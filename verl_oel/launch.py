@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import IO, Any
 
 from .platform.shm import cleanup_new_shm_segments
 from .recipe_checks import RecipeError, check_recipe
@@ -80,12 +84,16 @@ def run_recipe(
     extra_env: dict[str, str] | None = None,
     log_file: Path | None = None,
     echo: bool = False,
+    console: Any = None,
 ) -> int:
     """Run ``recipe`` with Hydra ``overrides``; returns verl's exit code (2: invalid recipe).
 
     ``extra_env`` wins over the recipe's ``process_env``, which wins over nothing: a variable
-    already set in the caller's environment is kept. ``log_file`` receives verl's output
-    (console otherwise; with ``echo``, both). verl dies if this process dies.
+    already set in the caller's environment is kept. ``log_file`` receives all of verl's output,
+    written through line by line (without one, the output goes to the console as is); with ``echo``
+    it is also shown live, and ``console`` (a ``verl_oel.console.ConsoleView``) sees every line and
+    is ticked about once a second. When the launch fails, the end of the log (the traceback) and the
+    log's path are printed to stderr. verl dies if this process dies.
     """
     env = dict(os.environ)
     env.update(extra_env or {})
@@ -98,26 +106,86 @@ def run_recipe(
         return 2
     for key, value in process_env_of(config).items():
         env.setdefault(key, value)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # the driver's own prints reach the log as they happen
     command = verl_command(recipe, overrides)
     with cleanup_new_shm_segments():
         if log_file is None:
             return subprocess.call(command, env=env, preexec_fn=_die_with_parent)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "wb") as log:
-            if not echo:
-                return subprocess.call(
+            if not echo and console is None:
+                code = subprocess.call(
                     command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
                 )
-            process = subprocess.Popen(
-                command,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
+            else:
+                process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,
+                )
+                try:
+                    pump_output(process.stdout, log, echo=echo, console=console)
+                except BaseException:
+                    process.kill()  # nobody reads its output any more: it would block on a full pipe
+                    raise
+                finally:
+                    code = process.wait()
+                    if console is not None:
+                        console.close()
+    if code != 0:
+        from .console import report_failure
+
+        report_failure(log_file, code)
+    return code
+
+
+def pump_output(
+    stream: IO[bytes], log: IO[bytes], echo: bool = False, console: Any = None, tick_seconds: float = 1.0
+) -> None:
+    """Copy a launch's output into ``log`` (flushed per line: a crash loses nothing) until it ends; with
+    ``echo`` to stdout too; every line to ``console.feed`` and ``console.tick()`` every ``tick_seconds``
+    even while the launch is silent."""
+    lines: queue.Queue[bytes | None] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        finally:
+            lines.put(None)
+
+    reader = threading.Thread(target=read, name="verl-output", daemon=True)
+    reader.start()
+    last_tick = time.monotonic()
+    while True:
+        try:
+            line = lines.get(timeout=tick_seconds)
+        except queue.Empty:
+            line = b""
+        if line is None:
+            break
+        if line:
+            log.write(line)
+            log.flush()
+            if echo:
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
-            return process.wait()
+            if console is not None:
+                console = _console_call(console, "feed", line.decode("utf-8", errors="replace"))
+        if console is not None and time.monotonic() - last_tick >= tick_seconds:
+            last_tick = time.monotonic()
+            console = _console_call(console, "tick")
+    reader.join()
+
+
+def _console_call(console: Any, method: str, *args: Any) -> Any:
+    """Call the console; if it fails, say so once and go on without it (returns None): the log must
+    keep receiving the launch's output whatever the console does."""
+    try:
+        getattr(console, method)(*args)
+    except Exception as error:  # noqa: BLE001 (any console bug)
+        print(f"verl-oel: the console stopped ({error!r}); verl's output is still logged", file=sys.stderr)
+        return None
+    return console

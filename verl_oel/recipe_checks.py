@@ -11,8 +11,13 @@ import glob
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from .distill.config import ConsolidationConfig
+    from .oel.config import OELConfig
 
 
 class RecipeError(ValueError):
@@ -93,21 +98,32 @@ def _model_max_positions(config: DictConfig) -> int | None:
     return json.loads(config_json.read_text()).get("max_position_embeddings")
 
 
-def _check_consolidation(config: DictConfig) -> list[str]:
-    """The ``oel:`` section, the trainer it needs, and room for the knowledge in the teacher's input.
+def _check_oel_section(config: DictConfig) -> list[str]:
+    """The ``oel:`` section (``verl_oel.oel.config.parse_oel_section``), then what it needs of the rest."""
+    section = _select(config, "oel")
+    if section is None:
+        return []
+    # Imported only for recipes with an oel: section: the loop's config pulls in verl's agent loops.
+    from .oel.config import OELConfigError, parse_oel_section
+
+    try:
+        consolidation, loop = parse_oel_section(OmegaConf.to_container(section, resolve=True))
+    except OELConfigError as error:
+        return [str(error)]
+    problems = _check_consolidation(config, consolidation)
+    if loop is not None:
+        problems += _check_oel_loop(config, loop, consolidation)
+    return problems
+
+
+def _check_consolidation(config: DictConfig, oel: ConsolidationConfig) -> list[str]:
+    """The trainer consolidation needs, and room for the knowledge in the teacher's input.
 
     The teacher reads prompt + knowledge + response; verl budgets only prompt + response, so the
     knowledge budget must fit on top, or the teacher would be truncated (or fail) minutes into the run.
     """
-    section = _select(config, "oel")
-    if section is None:
-        return []
-    from .distill.config import ConsolidationConfig, ConsolidationConfigError, check_single_update_per_batch
+    from .distill.config import check_single_update_per_batch
 
-    try:
-        oel = ConsolidationConfig.from_mapping(OmegaConf.to_container(section, resolve=True))
-    except ConsolidationConfigError as error:
-        return [str(error)]
     problems = check_single_update_per_batch(config)
     mode = _select(config, "trainer.v1.trainer_mode")
     # A whole OEL run (oel.rounds) needs the loop's trainer; a lone consolidation run, the distiller.
@@ -139,24 +155,15 @@ def _check_consolidation(config: DictConfig) -> list[str]:
     return problems
 
 
-def _check_oel_loop(config: DictConfig) -> list[str]:
-    """A whole OEL run (``oel.rounds`` set): the loop's keys, and lengths the loop's stages must fit in.
+def _check_oel_loop(config: DictConfig, loop: OELConfig, consolidation: ConsolidationConfig) -> list[str]:
+    """A whole OEL run (``oel.rounds`` set): lengths the loop's stages must fit in.
 
     The teacher reads a whole knowledge stream, so the extraction budget must fit in the room consolidation
     leaves for knowledge; each game turn and each extracted item is one rollout response, so their caps must
     fit verl's response length, or stages would silently cut what the paper keeps.
     """
-    if _select(config, "oel.rounds") is None:
-        return []
-    from .distill.config import ConsolidationConfig
-    from .oel.config import OELConfig, OELConfigError
-
-    try:
-        loop = OELConfig.from_mapping(OmegaConf.to_container(config.oel, resolve=True))
-    except OELConfigError as error:
-        return [str(error)]
     problems = []
-    max_knowledge = _select(config, "oel.max_knowledge_length") or ConsolidationConfig.max_knowledge_length
+    max_knowledge = consolidation.max_knowledge_length
     if loop.extraction.budget_tokens > max_knowledge:
         problems.append(
             f"oel.extraction.budget_tokens={loop.extraction.budget_tokens} exceeds "
@@ -181,8 +188,7 @@ def check_recipe(config: DictConfig) -> None:
         *_check_lengths(config),
         *_check_data_files(config),
         *_check_platform(config),
-        *_check_consolidation(config),
-        *_check_oel_loop(config),
+        *_check_oel_section(config),
     ]
     if problems:
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))

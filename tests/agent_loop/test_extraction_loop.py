@@ -7,8 +7,8 @@ from itertools import cycle
 
 from scripted_server import ScriptedServer, make_loop, run_loop
 
-from verl_oel.agent_loop.episode_spec import EpisodeSpec
 from verl_oel.agent_loop.extraction_loop import KnowledgeExtractionLoop, StreamSpec
+from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.knowledge import load_stream, stream_path
 from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE
 

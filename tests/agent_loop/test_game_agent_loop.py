@@ -8,10 +8,9 @@ from dataclasses import replace
 import pytest
 from scripted_server import ScriptedServer, make_loop, run_loop, segments
 
-from verl_oel.agent_loop.episode_spec import EpisodeSpec
 from verl_oel.agent_loop.game_loop import GameAgentLoop
-from verl_oel.distill.teacher import teacher_messages
-from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE
+from verl_oel.data.episode_spec import EpisodeSpec
+from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE, with_knowledge
 
 
 def play(tokenizer, replies, spec: EpisodeSpec, response_length: int = 2048):
@@ -115,7 +114,7 @@ def test_knowledge_goes_where_the_consolidation_teacher_reads_it(tokenizer):
     plain_prompt = plain.extra_fields["oel_turn_prompts"][0]
     assert "go right" not in str(plain_prompt)
     # Exactly the teacher's prompt for this student prompt: one placement for every path.
-    assert with_knowledge_prompt == teacher_messages(plain_prompt, knowledge, DEFAULT_KNOWLEDGE_TEMPLATE)
+    assert with_knowledge_prompt == with_knowledge(plain_prompt, knowledge, DEFAULT_KNOWLEDGE_TEMPLATE)
     assert "go right" in with_knowledge_prompt[1]["content"]
 
 

@@ -25,9 +25,9 @@ from verl_oel.distill.config import ConsolidationConfig, ConsolidationConfigErro
 from verl_oel.distill.teacher import (
     build_teacher_prompt_ids,
     score_responses,
-    teacher_messages,
     to_sequence_layout,
 )
+from verl_oel.knowledge.injection import with_knowledge
 
 TEMPERATURE = 0.7
 TEMPLATE = ConsolidationConfig().knowledge_template
@@ -83,11 +83,11 @@ def test_knowledge_goes_into_the_first_user_message_only():
         {"role": "user", "content": "Q1"},
         {"role": "user", "content": "Q2"},
     ]
-    out = teacher_messages(messages, "K", "<{knowledge}>{prompt}")
+    out = with_knowledge(messages, "K", "<{knowledge}>{prompt}")
     assert [m["content"] for m in out] == ["S", "<K>Q1", "Q2"]
     assert messages[1]["content"] == "Q1"  # the student's messages are untouched
     with pytest.raises(ValueError, match="no user message"):
-        teacher_messages([{"role": "system", "content": "S"}], "K", TEMPLATE)
+        with_knowledge([{"role": "system", "content": "S"}], "K", TEMPLATE)
 
 
 def test_empty_knowledge_reuses_the_student_prompt_ids_verbatim():
@@ -225,7 +225,7 @@ def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(t
     per_token, masks = [], []
     for msgs, prompt, response, mask in samples(tokenizer):
         student = direct_log_probs(model, prompt, response)
-        teacher_prompt = chat_ids(tokenizer, teacher_messages(msgs, KNOWLEDGE, TEMPLATE))
+        teacher_prompt = chat_ids(tokenizer, with_knowledge(msgs, KNOWLEDGE, TEMPLATE))
         teacher = direct_log_probs(model, teacher_prompt, response)
         ids = torch.topk(student, k, dim=-1).indices
         p, q = student.gather(-1, ids), teacher.gather(-1, ids)

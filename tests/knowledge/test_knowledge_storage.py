@@ -171,14 +171,3 @@ def test_a_missing_stream_or_round_is_reported(tmp_path):
         load_store(tmp_path, 1)
     with pytest.raises(FileNotFoundError, match="round 2"):
         load_store(tmp_path, 2)
-
-
-def test_atomic_writes_are_readable_like_ordinary_files(tmp_path):
-    import os
-
-    from verl_oel.knowledge.storage import write_atomic
-
-    target = tmp_path / "report.md"
-    write_atomic(target, "hello")
-    (tmp_path / "plain.md").write_text("hello")
-    assert os.stat(target).st_mode & 0o777 == os.stat(tmp_path / "plain.md").st_mode & 0o777

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from verl_oel.models import BuildModelError, build_smollm2
-from verl_oel.models.build import BUILD_INFO_FILE, add_build_model_args, run_build_model
+from verl_oel.models.build import add_build_model_args, run_build_model
+from verl_oel.models.build_folder import BUILD_INFO_FILE
 
 
 def _parse(*argv):

@@ -6,7 +6,7 @@ import pytest
 import transformers
 
 from verl_oel.models import BuildModelError, build_tiny_model
-from verl_oel.models.build import BUILD_INFO_FILE
+from verl_oel.models.build_folder import BUILD_INFO_FILE
 
 
 def _weights_inode(folder):

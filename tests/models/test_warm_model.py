@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl_oel.envs import make_game
 from verl_oel.envs.hidden_rule import HELD_OUT_FAMILIES, WARM_FAMILIES
 from verl_oel.knowledge import DEFAULT_MARKER, parse_items, render_items
-from verl_oel.models.build import BUILD_INFO_FILE
+from verl_oel.models.build_folder import BUILD_INFO_FILE
 from verl_oel.models.tokenizer import CHATML_TEMPLATE
 from verl_oel.models.warm import (
     EVAL_SAMPLING,
@@ -27,6 +27,8 @@ from verl_oel.models.warm import (
     play_games,
     rule_item,
 )
+
+pytestmark = pytest.mark.warm_model
 
 SEEDS = range(10_000, 10_040)  # 40 games per family and condition
 SAMPLINGS = {"sampled": EVAL_SAMPLING, "greedy": GREEDY}

@@ -15,7 +15,7 @@ from oel_testing import run_verl_oel
 from verl_oel.oel import RunLayout, load_round_eval
 from verl_oel.oel.run_state import read_stage_markers
 
-pytestmark = pytest.mark.verl
+pytestmark = [pytest.mark.verl, pytest.mark.warm_model]
 
 MIN_GAIN = 0.30
 

@@ -1,9 +1,10 @@
 """``verl-oel train --config-name oel_cpu_tiny``: two whole OEL rounds in one verl launch on CPU, and the
-same run killed (SIGKILL) inside extraction, inside consolidation and between rounds, resumed each time.
+same run killed (SIGKILL) inside extraction and inside consolidation, resumed each time.
 
-One uninterrupted run is the reference for both tests (module fixture): every artefact of both rounds is
-checked on it, and the killed-and-resumed run must reproduce its knowledge, deployment data, metrics and
-weights.
+One uninterrupted run is the reference for every test here (module fixture): every artefact of both rounds
+is checked on it, its extraction stage is checked as the standalone extraction launcher's test did (same
+streams and games), and the killed-and-resumed run must reproduce its knowledge, deployment data, metrics
+and weights.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from oel_testing import REPO_ROOT, read_metrics
 from safetensors.torch import load_file
 
-from verl_oel.knowledge import load_stream, stream_path
+from verl_oel.knowledge import KnowledgeCounts, load_stream, stream_path
 from verl_oel.oel import STAGES, RunLayout, load_round_eval
 from verl_oel.oel.run_state import read_stage_markers
 
@@ -150,7 +151,7 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
     assert (reference_run / "report.md").is_file() and (reference_run / "report.png").stat().st_size > 0
 
 
-def test_a_run_killed_in_extraction_in_consolidation_and_between_rounds_resumes_to_the_same_result(
+def test_a_run_killed_in_extraction_and_in_consolidation_resumes_to_the_same_result(
     reference_run, tiny_model_dir
 ):
     run_dir = reference_run.parent / "killed"
@@ -164,8 +165,8 @@ def test_a_run_killed_in_extraction_in_consolidation_and_between_rounds_resumes_
         started_not_done(
             1, "extraction", lambda: any((layout.knowledge_root(1) / "accumulated").rglob("*.json"))
         ),
-        # Between rounds: as soon as round 1's last stage is marked (round 2 may have just begun).
-        lambda: _done(layout, 1, "checkpoint"),
+        # (A kill between rounds, once round 1's checkpoint is marked, resumes from the same checkpoint as
+        # the next one, so it adds a verl launch and no new path.)
         # Inside consolidation: round 2's consolidation has trained (verl logged its first step, step 3).
         started_not_done(2, "consolidation", lambda: _logged_step(run_dir, 3)),
     ]
@@ -209,6 +210,33 @@ def test_a_run_killed_in_extraction_in_consolidation_and_between_rounds_resumes_
         between_runs = torch.cat([(ours_w[k] - theirs_w[k]).abs().flatten() for k in theirs_w]).mean()
         by_training = torch.cat([(theirs_w[k] - start_w[k]).abs().flatten() for k in theirs_w]).mean()
         assert between_runs < 0.1 * by_training, (float(between_runs), float(by_training))
+
+
+def test_extraction_writes_every_streams_knowledge_and_per_game_log(reference_run):
+    """Each round's extraction: 2 streams of 2 FrozenLake games (oel_cpu_tiny's ``oel.extraction``)."""
+    layout = RunLayout(reference_run.resolve())
+    for round in (1, 2):
+        root = layout.knowledge_root(round)
+        seeds_by_stream = []
+        for index in range(2):
+            path = stream_path(root, round, index)
+            stream = load_stream(path)  # validates the format, version and provenance fields
+            assert (stream.round, stream.index) == (round, index)
+            assert path.with_suffix(".md").is_file()
+            assert all(item.round == round and item.stream == index for item in stream.items)
+            accumulated = stream_path(root / "accumulated", round, index)
+            log = [
+                json.loads(line) for line in accumulated.with_suffix(".log.jsonl").read_text().splitlines()
+            ]
+            assert len(log) == 2 and all(entry["game"] == "frozenlake" for entry in log)
+            # Every line of every extraction reply is accounted for: the stream's counts are its games'.
+            per_game = sum((KnowledgeCounts(**entry["counts"]) for entry in log), KnowledgeCounts())
+            assert load_stream(accumulated).counts == per_game
+            seeds_by_stream.append([entry["seed"] for entry in log])
+        # Streams play the same games (with different sampling seeds).
+        assert seeds_by_stream[0] == seeds_by_stream[1]
+        summary = read_stage_markers(layout, round)["extraction"]["summary"]
+        assert summary["streams"] == 2 and len(summary["in_context_curve"]) == 2
 
 
 def _done(layout: RunLayout, round: int, stage: str) -> bool:

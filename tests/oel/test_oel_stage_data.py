@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
-from verl_oel.agent_loop.episode_spec import EpisodeSpec
 from verl_oel.agent_loop.replay_loop import AGENT_NAME, SEED_KEY
+from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.oel.config import OELConfig
 from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
 
@@ -70,16 +68,3 @@ def test_evaluation_plays_the_same_games_and_sampling_seeds_every_time_with_or_w
     assert [replace(s, knowledge="") for s in with_knowledge] == plain
     deployed = {s.seed for r in (1, 2) for s in specs(deployment_rows(LOOP, r, Path("episodes")))}
     assert not deployed & {s.seed for s in plain}
-
-
-@pytest.mark.parametrize("purpose", ["evaluation", "deployment", "consolidation"])
-def test_no_two_purposes_share_a_sampling_seed(purpose):
-    from verl_oel.oel.stage_data import sampling_seed
-
-    others = {p for p in ("evaluation", "deployment", "consolidation") if p != purpose}
-
-    def seeds(purposes):
-        grid = [(p, r, i, t) for p in purposes for r in range(3) for i in range(50) for t in range(10)]
-        return {sampling_seed(LOOP, p, r, i) + t for p, r, i, t in grid}
-
-    assert not seeds([purpose]) & seeds(others)

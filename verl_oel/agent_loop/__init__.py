@@ -1,15 +1,11 @@
 """verl agent loops that play the text games of :mod:`verl_oel.envs` through verl's rollout server.
 
-:func:`register_agent_loops` runs when verl imports its agent-loop registry (see
-``verl_oel/plugin.py``), so rows with ``agent_name: oel_game``, ``oel_extract_stream`` or ``oel_replay`` are
-played by these loops in every agent-loop worker.
+Each loop registers itself in verl's agent-loop registry when imported, and the plugin imports them all
+when verl imports that registry (see ``verl_oel/plugin.py``), so rows with ``agent_name: oel_game``,
+``oel_extract_stream`` or ``oel_replay`` are played by these loops in every agent-loop worker.
 """
 
-from importlib import import_module
-from types import ModuleType
-
-
-def register_agent_loops(_registry: ModuleType | None = None) -> None:
-    import_module("verl_oel.agent_loop.game_loop")
-    import_module("verl_oel.agent_loop.extraction_loop")
-    import_module("verl_oel.agent_loop.replay_loop")
+# Imported before any loop module runs: importing it loads verl and our plugin, whose registration
+# imports every loop; were a loop module the first to import it, the registration would re-enter that
+# half-imported module (``import verl_oel.agent_loop.game_loop`` as a process's first import failed so).
+import verl.experimental.agent_loop.agent_loop  # noqa: F401

@@ -21,6 +21,8 @@ from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 
+from verl_oel.atomic_io import write_text_atomic
+from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.envs import make_game
 from verl_oel.knowledge import (
     DEFAULT_MARKER,
@@ -31,10 +33,9 @@ from verl_oel.knowledge import (
     build_extraction_messages,
     game_record_line,
     save_stream,
-    write_atomic,
 )
+from verl_oel.seeds import extraction_request_seed
 
-from .episode_spec import EpisodeSpec
 from .game_loop import EpisodeRecord, GameAgentLoop, _call_game, merge_rollout_fields
 
 AGENT_NAME = "oel_extract_stream"
@@ -148,10 +149,9 @@ class KnowledgeExtractionLoop(GameAgentLoop):
         in_context: list[bool] = []
         last = None
         for index, episode in enumerate(spec.games):
-            # Per-request seeds: the same stream seed gives the same games and the same knowledge.
             seeded = {
                 **sampling_params,
-                "seed": spec.sampling_seed * 1_000_003 + spec.stream * 10_007 + index,
+                "seed": extraction_request_seed(spec.sampling_seed, spec.stream, index),
             }
             instruction, record = await self._play(episode, seeded, rollout_fields)
             passes.append(record.won)
@@ -192,7 +192,7 @@ class KnowledgeExtractionLoop(GameAgentLoop):
             )
             # Saved after every game: a kill loses at most the game in flight.
             save_stream(stream, out / "accumulated")
-            write_atomic(
+            write_text_atomic(
                 out / "accumulated" / f"round_{spec.round:03d}" / f"stream_{spec.stream:02d}.log.jsonl",
                 "".join(json.dumps(entry) + "\n" for entry in log),
             )
@@ -201,7 +201,7 @@ class KnowledgeExtractionLoop(GameAgentLoop):
         if spec.cut_after is None or spec.cut_after > len(spec.games):
             save_stream(stream, out)
         # Wall-clock span of this stream, so a benchmark can compare concurrent and sequential.
-        write_atomic(
+        write_text_atomic(
             out / "accumulated" / f"round_{spec.round:03d}" / f"stream_{spec.stream:02d}.timing.json",
             json.dumps({"start": started, "end": time.time()}),
         )

@@ -20,11 +20,11 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 
+from verl_oel.atomic_io import write_text_atomic
+from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.envs import TextGame, make_game
-from verl_oel.knowledge import write_atomic
 from verl_oel.knowledge.injection import with_knowledge
-
-from .episode_spec import EpisodeSpec
+from verl_oel.seeds import turn_seed
 
 AGENT_NAME = "oel_game"
 
@@ -114,7 +114,7 @@ class EpisodeRecord:
             "turn_prompts": self.turn_prompts,
             "replies": self.replies,
         }
-        write_atomic(path, json.dumps(document, ensure_ascii=False))
+        write_text_atomic(path, json.dumps(document, ensure_ascii=False))
         return path
 
 
@@ -134,7 +134,7 @@ class GameAgentLoop(AgentLoopBase):
         try:
             first_observation = await _call_game(game.reset, spec.seed)
             if spec.mode == "per_turn":
-                return await self._play_per_turn(game, spec, sampling_params, first_observation)
+                return await self._last_turn_output(game, spec, sampling_params, first_observation)
             return await self._play_conversation(game, spec, sampling_params, first_observation)
         finally:
             await _call_game(game.close)
@@ -153,7 +153,7 @@ class GameAgentLoop(AgentLoopBase):
     ):
         if "seed" in sampling_params:
             # A seeded episode's turns draw different noise: one seed for all would correlate them.
-            sampling_params = {**sampling_params, "seed": int(sampling_params["seed"]) + turn}
+            sampling_params = {**sampling_params, "seed": turn_seed(int(sampling_params["seed"]), turn)}
         output = await self.server_manager.generate(
             request_id=uuid4().hex,
             prompt_ids=prompt_ids,
@@ -254,11 +254,12 @@ class GameAgentLoop(AgentLoopBase):
             if result.done:
                 return record, prompt_ids, output
 
-    async def _play_per_turn(
+    async def _last_turn_output(
         self, game: TextGame, spec: EpisodeSpec, sampling_params: dict[str, Any], first_observation: str
     ) -> AgentLoopOutput:
-        """The returned sample is the last turn (its prompt and reply); every turn's prompt is in
-        ``oel_turn_prompts`` (the deployment data consolidation trains on)."""
+        """Play a per-turn episode (``play_per_turn``), save its record, and return its last turn (prompt
+        and reply) as the sample; every turn's prompt is in ``oel_turn_prompts`` (the deployment data
+        consolidation trains on)."""
         record, prompt_ids, output = await self.play_per_turn(game, spec, sampling_params, first_observation)
         if spec.record_dir is not None:
             await asyncio.get_running_loop().run_in_executor(None, record.save, spec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .parquet_io import write_parquet_atomic
+from verl_oel.atomic_io import write_parquet_atomic
 
 DEMO_KNOWLEDGE = (
     "- EXPERIENCE ITEM: Answer with the requested word only, in lower case.\n"

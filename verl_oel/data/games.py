@@ -12,15 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_oel.agent_loop.episode_spec import EpisodeSpec
+from verl_oel.atomic_io import write_parquet_atomic
+from verl_oel.seeds import game_seeds
 
-from .parquet_io import write_parquet_atomic
-
-# Each split's seeds live in their own block of this size, so splits never overlap.
-SPLIT_STRIDE = 1_000_000
-# extract/deploy: the games OEL plays to write knowledge and to collect deployment prompts;
-# disjoint from the held-out test games by construction.
-SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "extract": 3, "deploy": 4}
+from .episode_spec import EpisodeSpec
 
 
 @dataclass(frozen=True)
@@ -34,22 +29,13 @@ class GameDataSpec:
     max_turn_tokens: int | None = None
 
 
-def split_seeds(split: str, n: int, base_seed: int) -> list[int]:
-    if split not in SPLIT_OFFSETS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_OFFSETS)}")
-    if n > SPLIT_STRIDE:
-        raise ValueError(f"{split}: {n} seeds exceed the per-split block of {SPLIT_STRIDE}")
-    start = (base_seed * len(SPLIT_OFFSETS) + SPLIT_OFFSETS[split]) * SPLIT_STRIDE
-    return list(range(start, start + n))
-
-
 def game_rows(spec: GameDataSpec, split: str) -> list[dict[str, Any]]:
     from verl_oel.envs import make_game
 
     game = make_game(spec.game, **spec.settings)  # fails here, naming a bad name or setting
     instruction = game.instruction
     rows = []
-    for index, seed in enumerate(split_seeds(split, spec.sizes[split], spec.base_seed)):
+    for index, seed in enumerate(game_seeds(split, spec.sizes[split], spec.base_seed)):
         episode = EpisodeSpec(
             game=spec.game,
             seed=seed,

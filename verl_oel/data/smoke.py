@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .parquet_io import write_parquet_atomic
+from verl_oel.atomic_io import write_parquet_atomic
 
 _WORDS = ("apple", "river", "north", "door", "coin", "key", "lake", "stone", "light", "box")
 

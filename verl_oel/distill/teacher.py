@@ -25,11 +25,6 @@ from .losses import teacher_logprobs_at, topk_support
 Messages = list[dict[str, Any]]
 
 
-def teacher_messages(messages: Sequence[dict[str, Any]], knowledge: str, template: str) -> Messages:
-    """The student's messages with ``knowledge`` put where every path puts it (``with_knowledge``)."""
-    return with_knowledge(messages, knowledge, template)
-
-
 def build_teacher_prompt_ids(
     tokenize_chat: Callable[[Messages], list[int]],
     messages: Sequence[dict[str, Any]],
@@ -45,7 +40,7 @@ def build_teacher_prompt_ids(
     """
     if not knowledge:
         return list(student_prompt_ids)
-    return list(tokenize_chat(teacher_messages(messages, knowledge, template)))
+    return list(tokenize_chat(with_knowledge(messages, knowledge, template)))
 
 
 class ResponseScores(NamedTuple):

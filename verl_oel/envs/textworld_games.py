@@ -12,13 +12,10 @@ not among the game's admissible commands at that moment. It is still sent: the g
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,6 +24,7 @@ from typing import Any, ClassVar
 import textworld
 import textworld.challenges
 
+from verl_oel.atomic_io import publish_folder, staged_folder
 from verl_oel.envs.base import GameSettings, Outcome, StepResult, TextGame, register_game, strip_thinking
 
 # Bumped when the way games are built here changes, so old cache entries are not reused.
@@ -57,24 +55,16 @@ def default_cache_dir() -> Path:
 def cached_game_file(cache_dir: Path, key: str, build: Callable[[Path], None]) -> Path:
     """The game file cached under `key`, calling `build(path)` to create it when it is missing.
 
-    Safe when several processes ask for the same game at once: each builds into its own temporary
-    folder and renames that folder into place; a rename fails on a non-empty target, so the first
-    one wins and the others drop their copy (identical, since the key fixes the game).
+    Safe when several processes ask for the same game at once: each builds into its own staged
+    folder and publishes it without replacing, so the first one wins and the others drop their copy
+    (identical, since the key fixes the game).
     """
     game_file = cache_dir / key / "game.z8"
     if game_file.is_file():
         return game_file
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
-    try:
+    with staged_folder(game_file.parent) as building:
         build(building / game_file.name)
-        try:
-            os.rename(building, game_file.parent)
-        except OSError as error:
-            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
+        publish_folder(building, game_file.parent, replace=False)
     return game_file
 
 

@@ -28,7 +28,6 @@ from verl_oel.knowledge.storage import (
     save_store,
     save_stream,
     stream_path,
-    write_atomic,
 )
 from verl_oel.knowledge.stream import (
     KnowledgeItem,
@@ -63,5 +62,4 @@ __all__ = [
     "save_store",
     "save_stream",
     "stream_path",
-    "write_atomic",
 ]

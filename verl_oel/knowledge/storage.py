@@ -7,15 +7,14 @@ resumable multi-round run will meet sooner or later) leaves the previous version
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from verl_oel.atomic_io import write_text_atomic
 from verl_oel.knowledge.counts import KnowledgeCounts
 from verl_oel.knowledge.parsing import check_marker, normalise_item, parse_items, render_items
 from verl_oel.knowledge.stream import (
@@ -62,8 +61,8 @@ def save_stream(stream: KnowledgeStream, root: str | os.PathLike[str]) -> Path:
     json_text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     markdown = _markdown(stream, document["rendered_tokens"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path.with_suffix(".md"), markdown)
-    write_atomic(path, json_text)
+    write_text_atomic(path.with_suffix(".md"), markdown)
+    write_text_atomic(path, json_text)
     return path
 
 
@@ -141,41 +140,6 @@ def load_store(
             raise KnowledgeFormatError(f"{path}: field 'stream' is {stream.index}, but the path says {index}")
         streams.append(stream)
     return KnowledgeStore(round, streams)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old file or the new, never a part.
-
-    The temporary file lives in the same directory (``os.replace`` is atomic only within one
-    file system) and is fsynced before the rename; on any failure it is removed.
-    """
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600 files; give the result the mode a plain open() would (umask).
-        os.fchmod(descriptor, 0o666 & ~_UMASK)
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # makes the rename itself durable
-    finally:
-        os.close(directory)
 
 
 class _Fields:

@@ -50,8 +50,6 @@ import math
 import os
 import random
 import re
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +58,7 @@ from typing import Any
 import torch
 import transformers
 
+from verl_oel.console import StepProgress
 from verl_oel.envs import make_game
 from verl_oel.envs.hidden_rule import (
     COLOURS,
@@ -73,7 +72,13 @@ from verl_oel.envs.hidden_rule import (
 )
 from verl_oel.knowledge import DEFAULT_MARKER, GameRecord, GameTurn, build_extraction_messages, render_items
 from verl_oel.knowledge.injection import with_knowledge
-from verl_oel.models.build import BuildModelError, TinyModelSpec, _build, _library_versions, tiny_config
+from verl_oel.models.build_folder import (
+    BuildModelError,
+    TinyModelSpec,
+    build_folder,
+    library_versions,
+    tiny_config,
+)
 from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer, qwen_vocab_sha256
 
 # Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
@@ -438,7 +443,9 @@ def _run_phase(
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    start, running = time.perf_counter(), []
+    running, note = [], ""
+    # A bar on a terminal, else four lines (25/50/75/100%): the build is short on the demo's console.
+    progress = StepProgress(f"warm-up {name}", steps) if log_every else None
     for step in range(steps):
         total, count, parts = torch.zeros(()), 0, []
         for examples in draw():
@@ -455,13 +462,12 @@ def _run_phase(
         running.append(parts)
         if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             means = [sum(values) / len(values) for values in zip(*running, strict=True)]
-            print(
-                f"warm-up {name} step {step + 1}/{steps}: reply loss per token "
-                f"{' / '.join(f'{m:.3f}' for m in means)} ({time.perf_counter() - start:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            note = f"reply loss per token {' / '.join(f'{m:.3f}' for m in means)}"
             running = []
+        if progress is not None:
+            progress.update(step + 1, note)
+    if progress is not None:
+        progress.close()
 
 
 def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 50) -> tuple[Any, Any]:
@@ -525,7 +531,7 @@ def build_warm_model(
         "held_out_families": list(HELD_OUT_FAMILIES),
         "build_threads": BUILD_THREADS,
         "qwen_vocab_sha256": vocab_sha256,
-        "versions": _library_versions(),
+        "versions": library_versions(),
     }
 
     def write(folder: Path) -> None:
@@ -533,7 +539,7 @@ def build_warm_model(
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return _build(Path(os.path.abspath(out_dir)), settings, write, force)
+    return build_folder(Path(os.path.abspath(out_dir)), settings, write, force)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,19 +1,18 @@
-"""The OEL run: its on-disk layout, the resumable stage state machine, and the per-round report.
+"""The OEL run: its on-disk layout, the resumable stage state machine, each round's evaluation record
+and the run's report.
 
 Pure Python (matplotlib only for the report's figure, imported when the figure is drawn): the
 trainer orchestrates the stages through ``RunState``; ``verl-oel report RUN_DIR`` calls
 ``render_report`` on any run directory, finished or not.
 """
 
-from verl_oel.oel.report import (
+from verl_oel.oel.report import ReportPaths, collect, render_report
+from verl_oel.oel.round_eval import (
     ConsolidationSummary,
     EvalFormatError,
     InContextPoint,
-    ReportPaths,
     RoundEval,
-    collect,
     load_round_eval,
-    render_report,
     save_round_eval,
 )
 from verl_oel.oel.run_state import (

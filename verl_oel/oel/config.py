@@ -3,18 +3,21 @@
 The ``oel:`` section is flat and shared: consolidation's keys (``loss``, ``k``, ``max_knowledge_length``,
 ...; ``verl_oel.distill.config.ConsolidationConfig``) sit beside the loop's keys read here (how many
 rounds, which game, how knowledge is extracted, how many deployment games and consolidation steps, how
-the rounds are evaluated). Each parser skips the other's keys, so a key neither knows is named as a typo.
+the rounds are evaluated). :func:`parse_oel_section` validates the whole section, once, for the recipe
+checks; the keys each part accepts are its dataclass's fields, and a key neither knows is named in full
+(``oel.extraction.num_streamz``) with the valid ones.
 Everything else (learning rate, lengths, sampling) stays in verl's own sections, read from there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from verl_oel.distill.config import OEL_LOOP_KEYS, ConsolidationConfig
+from verl_oel.distill.config import ConsolidationConfig, ConsolidationConfigError
 from verl_oel.oel.extraction_stage import ExtractionConfig
+from verl_oel.oel.run_state import CHECKPOINT, CONSOLIDATION, DEPLOYMENT, TEACHER_REFRESH
 
 TRAINER_MODE = "oel"
 """verl's v1 trainer mode that runs the loop (``verl_oel.oel.trainer.OELTrainer``)."""
@@ -27,18 +30,12 @@ MODES = ("replay", "online")
 """``replay``: the student answers the saved deployment prompts (the paper's OEL); ``online``: the
 student plays the environment during consolidation (OPCD's variant)."""
 
-EXTRACTION_KEYS = (
-    "num_streams",
-    "games_per_stream",
-    "cut_after",
-    "budget_tokens",
-    "show_previous_knowledge",
-    "max_turn_tokens",
-    "max_item_tokens",
-    "in_context_games",
-    "knowledge_source",
-)
-"""The keys of ``oel.extraction``; the game and seed come from the loop's top-level keys."""
+IMPLEMENTED_MODES = ("replay",)
+"""The modes the trainer runs; ``online`` is refused when the recipe is checked, naming ``oel.mode``."""
+
+EXTRACTION_FROM_LOOP = ("game", "settings", "base_seed")
+"""``ExtractionConfig`` fields set from the loop's top-level keys (``oel.game``, ``oel.game_settings``,
+``oel.seed``); its other fields are the keys of ``oel.extraction``."""
 
 
 class OELConfigError(ValueError):
@@ -65,7 +62,7 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class OELConfig:
-    """All rounds of one OEL run (OEL_SPEC.md, "The loop"); see the module docstring for the section."""
+    """All rounds of one OEL run (docs/method.md, "The loop"); see the module docstring for the section."""
 
     rounds: int
     game: str
@@ -85,32 +82,36 @@ class OELConfig:
         """``consolidation_steps: 0`` is the "knowledge in context only" ablation: rounds extract and
         evaluate, nothing is deployed, trained or saved, and every round keeps the base model."""
         if self.consolidation_steps == 0:
-            return ("teacher_refresh", "deployment", "consolidation", "checkpoint")
+            return (TEACHER_REFRESH, DEPLOYMENT, CONSOLIDATION, CHECKPOINT)
         return ()
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any]) -> OELConfig:
-        """Build from the resolved ``oel:`` section; every problem found is reported at once, by key."""
+        """Build from the resolved ``oel:`` section; every problem found is reported at once, by key.
+
+        The keys each part accepts are its dataclass's fields, so a field added to a dataclass is a key
+        at once, and a key neither the loop nor consolidation knows is named as a typo."""
         section = dict(section)
         consolidation_keys = {f.name for f in fields(ConsolidationConfig)}
-        unknown = sorted(set(section) - OEL_LOOP_KEYS - consolidation_keys)
-        problems = [
-            f"oel.{key}: unknown key; the loop's keys are {sorted(OEL_LOOP_KEYS)} and consolidation's are "
-            f"{sorted(consolidation_keys)}"
-            for key in unknown
-        ]
-        for key in ("rounds", "game"):
-            if key not in section:
-                problems.append(f"oel.{key} is required")
+        problems = _unknown_keys(section, {f.name for f in fields(cls)} | consolidation_keys, "oel.")
+        # `extraction` has no default only because it is built from the loop's game; its keys are optional.
+        required = [f.name for f in _required_fields(cls) if f.name != "extraction"]
+        problems += [f"oel.{key} is required" for key in required if key not in section]
         problems += _positive(section, ("rounds",))
         steps = section.get("consolidation_steps")
         if steps is not None and (not isinstance(steps, int) or steps < 0):
             problems.append(
                 f"oel.consolidation_steps={steps!r} must be an integer >= 0 (0: knowledge in context only)"
             )
-        if section.get("mode", "replay") not in MODES:
-            problems.append(f"oel.mode={section['mode']!r}; expected one of {list(MODES)}")
-        if section.get("teacher", "frozen") not in TEACHERS:
+        mode = section.get("mode", cls.mode)
+        if mode not in MODES:
+            problems.append(f"oel.mode={mode!r}; expected one of {list(MODES)}")
+        elif mode not in IMPLEMENTED_MODES:
+            problems.append(
+                f"oel.mode={mode} (the student plays the environment during consolidation) is not "
+                "implemented yet; use oel.mode=replay, the paper's OEL"
+            )
+        if section.get("teacher", cls.teacher) not in TEACHERS:
             problems.append(f"oel.teacher={section['teacher']!r}; expected one of {list(TEACHERS)}")
         game = section.get("game")
         settings = dict(section.get("game_settings") or {})
@@ -123,10 +124,11 @@ class OELConfig:
         if evaluation is not None:
             problems += _positive(vars(evaluation), ("games",), "oel.evaluation.")
         extraction_section = dict(section.get("extraction") or {})
-        problems += [
-            f"oel.extraction.{key}: unknown key; known: {list(EXTRACTION_KEYS)}"
-            for key in sorted(set(extraction_section) - set(EXTRACTION_KEYS))
-        ]
+        problems += _unknown_keys(
+            extraction_section,
+            {f.name for f in fields(ExtractionConfig)} - set(EXTRACTION_FROM_LOOP),
+            "oel.extraction.",
+        )
         extraction = None
         if not problems:
             try:
@@ -137,7 +139,7 @@ class OELConfig:
                     **extraction_section,
                 )
             except (TypeError, ValueError) as error:
-                problems.append(f"oel.extraction: {error}")
+                problems.append(str(error))
         if problems:
             raise OELConfigError("; ".join(problems))
         return cls(
@@ -148,11 +150,44 @@ class OELConfig:
             seed=int(section.get("seed", 0)),
             deployment=deployment,
             consolidation_steps=section.get("consolidation_steps", cls.consolidation_steps),
-            mode=section.get("mode", "replay"),
-            teacher=section.get("teacher", "frozen"),
+            mode=mode,
+            teacher=section.get("teacher", cls.teacher),
             evaluation=evaluation,
             run_dir=section.get("run_dir"),
         )
+
+
+def parse_oel_section(section: Mapping[str, Any]) -> tuple[ConsolidationConfig, OELConfig | None]:
+    """The whole ``oel:`` section, validated once: consolidation's keys always, and the loop's when
+    ``oel.rounds`` is set (a whole OEL run; without it, a lone consolidation run). Raises
+    :class:`OELConfigError` listing every problem, each naming its full key."""
+    section = dict(section)
+    is_loop = "rounds" in section
+    problems = []
+    consolidation = loop = None
+    consolidation_keys = {f.name for f in fields(ConsolidationConfig)}
+    try:
+        # In a whole run the loop's parser names every unknown key; consolidation reads its own.
+        own = {key: value for key, value in section.items() if key in consolidation_keys}
+        consolidation = ConsolidationConfig.from_mapping(own if is_loop else section)
+    except ConsolidationConfigError as error:
+        problems.append(str(error))
+    if is_loop:
+        try:
+            loop = OELConfig.from_mapping(section)
+        except OELConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise OELConfigError("; ".join(problems))
+    return consolidation, loop
+
+
+def _unknown_keys(values: Mapping[str, Any], known: set[str] | frozenset[str], prefix: str) -> list[str]:
+    return [f"{prefix}{key}: unknown key; known: {sorted(known)}" for key in sorted(set(values) - set(known))]
+
+
+def _required_fields(kind: type) -> list[Any]:
+    return [f for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING]
 
 
 def _positive(mapping: Mapping[str, Any], keys: tuple[str, ...], prefix: str = "oel.") -> list[str]:
@@ -165,10 +200,9 @@ def _positive(mapping: Mapping[str, Any], keys: tuple[str, ...], prefix: str = "
 
 def _subsection(section: Mapping[str, Any], name: str, kind: type, problems: list[str]) -> Any:
     values = dict(section.get(name) or {})
-    known = {f.name for f in fields(kind)}
-    unknown = sorted(set(values) - known)
+    unknown = _unknown_keys(values, {f.name for f in fields(kind)}, f"oel.{name}.")
     if unknown:
-        problems += [f"oel.{name}.{key}: unknown key; known: {sorted(known)}" for key in unknown]
+        problems += unknown
         return None
     return kind(**values)
 

@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_oel.agent_loop.episode_spec import EpisodeSpec
 from verl_oel.agent_loop.extraction_loop import KNOWLEDGE_SOURCES, StreamSpec
-from verl_oel.data.games import split_seeds
-from verl_oel.data.parquet_io import write_parquet_atomic
+from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.knowledge import DEFAULT_MARKER, load_stream, stream_path
+from verl_oel.seeds import extraction_game_seeds, extraction_stream_seed, in_context_probe_seeds
 
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """How a round builds its knowledge (OEL_SPEC.md, step 1)."""
+    """How a round builds its knowledge (docs/method.md, extraction)."""
 
     game: str
     settings: dict[str, Any] = field(default_factory=dict)
@@ -43,18 +42,23 @@ class ExtractionConfig:
     knowledge_source: str = "items"
 
     def __post_init__(self) -> None:
-        if self.num_streams < 1 or self.games_per_stream < 1:
-            raise ValueError("extraction.num_streams and extraction.games_per_stream must be positive")
-        if self.cut_after is not None and not 1 <= self.cut_after <= self.games_per_stream:
-            raise ValueError(
-                f"extraction.cut_after={self.cut_after} must be between 1 and "
-                f"extraction.games_per_stream={self.games_per_stream}"
+        problems = [
+            f"oel.extraction.{key}={getattr(self, key)!r} must be a positive integer"
+            for key in ("num_streams", "games_per_stream")
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1
+        ]
+        if not problems and self.cut_after is not None and not 1 <= self.cut_after <= self.games_per_stream:
+            problems.append(
+                f"oel.extraction.cut_after={self.cut_after} must be between 1 and "
+                f"oel.extraction.games_per_stream={self.games_per_stream}"
             )
         if self.knowledge_source not in KNOWLEDGE_SOURCES:
-            raise ValueError(
-                f"extraction.knowledge_source={self.knowledge_source!r}; "
+            problems.append(
+                f"oel.extraction.knowledge_source={self.knowledge_source!r}; "
                 f"expected one of {list(KNOWLEDGE_SOURCES)}"
             )
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,10 @@ class ExtractionResult:
     stream_spans: list[tuple[float, float]]
 
 
-def stream_specs(config: ExtractionConfig, round_index: int, out_dir: Path) -> list[StreamSpec]:
+def stream_specs(config: ExtractionConfig, round: int, out_dir: Path) -> list[StreamSpec]:
     """Every stream plays the same games (different sampling seeds), fresh for each round."""
-    n = config.games_per_stream
-    seeds = split_seeds("extract", n * round_index, config.base_seed)[n * (round_index - 1) :]
-    probe_seeds = split_seeds("deploy", config.in_context_games, config.base_seed + 7919 * round_index)
+    seeds = extraction_game_seeds(config.base_seed, round, config.games_per_stream)
+    probe_seeds = in_context_probe_seeds(config.base_seed, round, config.in_context_games)
 
     def episode(seed: int) -> EpisodeSpec:
         return EpisodeSpec(
@@ -87,7 +90,7 @@ def stream_specs(config: ExtractionConfig, round_index: int, out_dir: Path) -> l
 
     return [
         StreamSpec(
-            round=round_index,
+            round=round,
             stream=stream,
             games=[episode(s) for s in seeds],
             out_dir=str(out_dir),
@@ -97,7 +100,7 @@ def stream_specs(config: ExtractionConfig, round_index: int, out_dir: Path) -> l
             marker=config.marker,
             max_item_tokens=config.max_item_tokens,
             in_context_games=[episode(s) for s in probe_seeds],
-            sampling_seed=config.base_seed + round_index,
+            sampling_seed=extraction_stream_seed(config.base_seed, round),
             knowledge_source=config.knowledge_source,
         )
         for stream in range(config.num_streams)
@@ -119,44 +122,15 @@ def extraction_rows(specs: list[StreamSpec], concurrent: bool) -> list[dict[str,
     ]
 
 
-def run_extraction(
-    model: Path,
-    config: ExtractionConfig,
-    round_index: int,
-    out_dir: Path,
-    recipe: str = "grpo_cpu_games",
-    overrides: list[str] | None = None,
-) -> ExtractionResult:
-    """Build the round's streams with ``model``; returns what was written under ``out_dir``."""
-    from verl_oel.launch import run_recipe, validation_only_overrides
-
-    out_dir = out_dir.resolve()
-    specs = stream_specs(config, round_index, out_dir)
-    rows = extraction_rows(specs, config.concurrent)
-    data = write_parquet_atomic(rows, out_dir / "streams.parquet")
-    code = run_recipe(
-        recipe,
-        [
-            *validation_only_overrides(model, data, len(rows), out_dir / "verl"),
-            "trainer.logger=[console]",
-            *(overrides or []),
-        ],
-        log_file=out_dir / "verl.log",
-    )
-    if code != 0:
-        raise RuntimeError(f"extraction run failed with exit code {code}; see {out_dir / 'verl.log'}")
-    return collect_extraction(out_dir, config, round_index)
-
-
-def collect_extraction(out_dir: Path, config: ExtractionConfig, round_index: int) -> ExtractionResult:
+def collect_extraction(out_dir: Path, config: ExtractionConfig, round: int) -> ExtractionResult:
     """Everything from disk: the stream files and each stream's per-game log."""
     streams, logs = [], []
     for index in range(config.num_streams):
-        path = stream_path(out_dir, round_index, index)
+        path = stream_path(out_dir, round, index)
         if not path.is_file():
             raise FileNotFoundError(f"extraction wrote no knowledge for stream {index}: {path} is missing")
         streams.append(path)
-        log_path = stream_path(out_dir / "accumulated", round_index, index).with_suffix(".log.jsonl")
+        log_path = stream_path(out_dir / "accumulated", round, index).with_suffix(".log.jsonl")
         logs.append([json.loads(line) for line in log_path.read_text().splitlines()])
     passes = [entry["won"] for log in logs for entry in log]
     curve = []

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from verl_oel.console import ConsoleView, format_seconds, stage_totals
 from verl_oel.launch import model_reference, run_recipe
 from verl_oel.oel.config import TRAINER_MODE, OELConfig
 from verl_oel.oel.report import render_report
@@ -41,6 +42,11 @@ def _log(message: str) -> None:
     print(f"verl-oel oel: {message}", file=sys.stderr, flush=True)
 
 
+def _say(message: str) -> None:
+    """A line of the run's console (stdout); problems go to stderr (``_log``)."""
+    print(f"verl-oel: {message}", flush=True)
+
+
 def load_oel_recipe(recipe: str, overrides: list[str]) -> tuple[DictConfig, OELConfig]:
     """Compose and validate (recipe checks, then the loop's keys): fails before any worker starts."""
     config = compose_recipe(recipe, overrides)
@@ -56,8 +62,12 @@ def load_oel_recipe(recipe: str, overrides: list[str]) -> tuple[DictConfig, OELC
     return config, loop
 
 
-def run_oel(recipe: str, overrides: list[str]) -> int:
-    """Run (or resume) every round of the OEL recipe; returns a process exit code."""
+def run_oel(recipe: str, overrides: list[str], verbose: bool = False) -> int:
+    """Run (or resume) every round of the OEL recipe; returns a process exit code.
+
+    The console shows one line per stage and the running stage's progress (``verl_oel.console``); all of
+    verl's output goes to the launch's log in ``RUN_DIR/logs/``, and with ``verbose`` to the console too.
+    """
     try:
         config, loop = load_oel_recipe(recipe, overrides)
     except (RecipeError, ValueError) as error:
@@ -72,21 +82,31 @@ def run_oel(recipe: str, overrides: list[str]) -> int:
         config=OmegaConf.to_container(config, resolve=True),
         skip_stages=loop.skip_stages,
     )
+    started = time.monotonic()
     with RunState.open(run_dir, spec, safe_to_change=OEL_SAFE_TO_CHANGE) as state:
-        _log(f"run directory {state.layout.run_dir}: {loop.rounds} round(s) of {loop.game} from {base_model}")
+        _say(f"run {state.layout.run_dir}: {loop.rounds} round(s) of {loop.game} from {base_model}")
         if (step := state.next_stage()) is not None:
             start_model = state.start_model()
-            _log(f"starting at round {step.round} stage {step.stage} from {start_model}")
+            if step != (0, "evaluation"):
+                _say(f"resuming at round {step.round} {step.stage} from {start_model}")
             # One log and one metrics file per launch: verl's file logger truncates its file when it opens
             # it, and a resumed run must keep what the killed launch logged.
             stamp = time.strftime("%Y%m%d_%H%M%S")
             log_file = state.layout.logs_dir / f"verl_{stamp}.log"
+            _say(f"verl's output: {log_file}" + ("" if verbose else " (-v shows it here)"))
+            console = ConsoleView(
+                tty=False if verbose else None,
+                run_dir=state.layout.run_dir,
+                rounds=loop.rounds,
+                totals=stage_totals(OmegaConf.to_container(config.oel, resolve=True)),
+            )
             code = run_recipe(
                 recipe,
                 [*user_overrides(overrides), *launch_overrides(state, start_model, config)],
                 extra_env={"VERL_FILE_LOGGER_PATH": str(state.layout.logs_dir / f"metrics_{stamp}.jsonl")},
                 log_file=log_file,
-                echo=True,
+                echo=verbose,
+                console=console,
             )
             if code != 0:
                 _log(f"verl exited with code {code}; rerun the same command to resume (log: {log_file})")
@@ -98,7 +118,7 @@ def run_oel(recipe: str, overrides: list[str]) -> int:
                 )
                 return 1
         paths = render_report(state.layout.run_dir)
-    _log(f"run complete; report: {paths.markdown}")
+    _say(f"run complete in {format_seconds(time.monotonic() - started)}; report: {paths.markdown}")
     return 0
 
 

@@ -24,7 +24,7 @@ Layout of ``RUN_DIR``::
         metrics.jsonl           consolidation's step log (verl's file logger), owned by consolidation
         checkpoint/             checkpoint output: the round's final model as an HF folder (pi_r)
         evaluation/             evaluation work: game data, verl logs
-        eval.json               evaluation result (schema: ``verl_oel.oel.report.RoundEval``)
+        eval.json               evaluation result (schema: ``verl_oel.oel.round_eval.RoundEval``)
     report.json, report.md, report.png    written by ``verl_oel.oel.report.render_report``
 
 Round 0 is the base model's evaluation (stage ``evaluation`` only); rounds 1..R run
@@ -45,21 +45,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from verl_oel.knowledge.storage import write_atomic
+from verl_oel.atomic_io import write_text_atomic
 
 FORMAT_VERSION = 1
 
-STAGES: tuple[str, ...] = (
-    "teacher_refresh",
-    "extraction",
-    "deployment",
-    "consolidation",
-    "evaluation",
-    "checkpoint",
-)
+# The stage names, as written in the run's state file and folder names: spell them through these.
+TEACHER_REFRESH = "teacher_refresh"
+EXTRACTION = "extraction"
+DEPLOYMENT = "deployment"
+CONSOLIDATION = "consolidation"
+EVALUATION = "evaluation"
+CHECKPOINT = "checkpoint"
+
+STAGES: tuple[str, ...] = (TEACHER_REFRESH, EXTRACTION, DEPLOYMENT, CONSOLIDATION, EVALUATION, CHECKPOINT)
 """The stages of rounds 1..R, in the order they run."""
 
-BASE_ROUND_STAGES: tuple[str, ...] = ("evaluation",)
+BASE_ROUND_STAGES: tuple[str, ...] = (EVALUATION,)
 """Round 0 only evaluates the base model, the reference every later round is read against."""
 
 
@@ -72,20 +73,20 @@ class StageOutputs:
 
 
 STAGE_OUTPUTS: Mapping[str, StageOutputs] = {
-    "teacher_refresh": StageOutputs("teacher"),
-    "extraction": StageOutputs("knowledge"),
-    "deployment": StageOutputs("deployment"),
-    "consolidation": StageOutputs("consolidation", ("metrics.jsonl",)),
-    "evaluation": StageOutputs("evaluation", ("eval.json",)),
-    "checkpoint": StageOutputs("checkpoint"),
+    TEACHER_REFRESH: StageOutputs("teacher"),
+    EXTRACTION: StageOutputs("knowledge"),
+    DEPLOYMENT: StageOutputs("deployment"),
+    CONSOLIDATION: StageOutputs("consolidation", ("metrics.jsonl",)),
+    EVALUATION: StageOutputs("evaluation", ("eval.json",)),
+    CHECKPOINT: StageOutputs("checkpoint"),
 }
 
 _REQUIRED_BY: Mapping[str, tuple[str, ...]] = {
     # Consolidation distils the teacher (refreshed, with extracted knowledge) on deployment prompts,
     # and its model is only kept through the checkpoint stage.
-    "consolidation": ("teacher_refresh", "extraction", "deployment", "checkpoint"),
+    CONSOLIDATION: (TEACHER_REFRESH, EXTRACTION, DEPLOYMENT, CHECKPOINT),
     # A checkpoint without consolidation would copy the previous model under a new name.
-    "checkpoint": ("consolidation",),
+    CHECKPOINT: (CONSOLIDATION,),
 }
 
 SAFE_TO_CHANGE: tuple[str, ...] = (
@@ -205,13 +206,13 @@ class RunLayout:
 
     def knowledge_root(self, round: int) -> Path:
         """The ``root`` to hand to ``verl_oel.knowledge.save_store`` / ``load_store``."""
-        return self.stage_dir(round, "extraction")
+        return self.stage_dir(round, EXTRACTION)
 
     def deployment_dir(self, round: int) -> Path:
-        return self.stage_dir(round, "deployment")
+        return self.stage_dir(round, DEPLOYMENT)
 
     def checkpoint_dir(self, round: int) -> Path:
-        return self.stage_dir(round, "checkpoint")
+        return self.stage_dir(round, CHECKPOINT)
 
     def eval_json(self, round: int) -> Path:
         return self.round_dir(round) / "eval.json"
@@ -286,7 +287,7 @@ def _write_json(path: Path, document: Mapping[str, Any]) -> None:
     """Serialise first, then replace atomically: a bad value raises before the old file is touched."""
     text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text)
+    write_text_atomic(path, text)
 
 
 class RunState:
@@ -391,8 +392,8 @@ class RunState:
             return self.round_model(self.spec.rounds)
         if step.round == 0:
             return self.spec.base_model
-        if self.is_done(step.round, "consolidation"):
-            return str(self.summary(step.round, "consolidation")["hf_model"])
+        if self.is_done(step.round, CONSOLIDATION):
+            return str(self.summary(step.round, CONSOLIDATION)["hf_model"])
         return self.previous_model(step.round)
 
     def close(self) -> None:
@@ -456,7 +457,7 @@ class RunState:
         round_dir = self.layout.round_dir(round)
         for name in STAGE_OUTPUTS[stage].files:
             (round_dir / name).unlink(missing_ok=True)
-            for temporary in round_dir.glob(f".{name}.*.tmp"):  # write_atomic's, if killed mid-write
+            for temporary in round_dir.glob(f".{name}.*.tmp"):  # write_text_atomic's, if killed mid-write
                 temporary.unlink(missing_ok=True)
         directory.mkdir(parents=True)
         return directory
@@ -484,9 +485,9 @@ class RunState:
     def round_model(self, round: int) -> str:
         """The model a round ends with: the base for round 0 and for rounds that do not train,
         else the round's checkpoint folder (which must be marked done)."""
-        if round == 0 or "checkpoint" in self.spec.skip_stages:
+        if round == 0 or CHECKPOINT in self.spec.skip_stages:
             return self.spec.base_model
-        if not self.is_done(round, "checkpoint"):
+        if not self.is_done(round, CHECKPOINT):
             raise StageOrderError(f"round {round}'s model is not saved yet: its checkpoint stage is not done")
         return str(self.layout.checkpoint_dir(round))
 

@@ -3,30 +3,21 @@
 Kept apart from the trainer (which needs verl, Ray and a model) so that the seeds, splits and prompt
 formats every stage uses are testable in milliseconds. Every row that samples carries its own vLLM seed
 (``EpisodeSpec.sampling_seed``, ``oel_sampling_seed``), derived from the run's seed, the round and the
-row: a stage rerun after a kill samples exactly what the killed attempt would have.
+row (``verl_oel.seeds``): a stage rerun after a kill samples exactly what the killed attempt would have.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from verl_oel.agent_loop.episode_spec import EpisodeSpec
 from verl_oel.agent_loop.replay_loop import AGENT_NAME as REPLAY_AGENT
 from verl_oel.agent_loop.replay_loop import SEED_KEY
+from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.data.games import GameDataSpec, game_rows
 from verl_oel.oel.config import OELConfig
-
-# Sampling-seed blocks per purpose, so no two stages of a run ever share a vLLM seed.
-_SEED_BLOCK = 1_000_000
-_PURPOSES = {"evaluation": 1, "deployment": 2, "consolidation": 3}
-
-
-def sampling_seed(loop: OELConfig, purpose: str, round: int, index: int) -> int:
-    """A vLLM seed unique to (run seed, purpose, round, row); turns add their number to it."""
-    return ((loop.seed * 8 + _PURPOSES[purpose]) * 1000 + round) * _SEED_BLOCK + index * 100
+from verl_oel.seeds import consolidation_stream_rng, stage_sampling_seed
 
 
 def _seeded(rows: list[dict[str, Any]], seed_of_row: Any, **changes: Any) -> list[dict[str, Any]]:
@@ -54,7 +45,9 @@ def evaluation_rows(loop: OELConfig, knowledge: list[str] | None = None) -> list
     for index, row in enumerate(rows):
         spec = EpisodeSpec.from_json(row["extra_info"]["oel_game"])
         text = knowledge[index % len(knowledge)] if knowledge else ""
-        spec = replace(spec, sampling_seed=sampling_seed(loop, "evaluation", 0, index), knowledge=text)
+        spec = replace(
+            spec, sampling_seed=stage_sampling_seed(loop.seed, "evaluation", 0, index), knowledge=text
+        )
         row["extra_info"]["oel_game"] = spec.to_json()
     return rows
 
@@ -73,7 +66,9 @@ def deployment_rows(loop: OELConfig, round: int, record_dir: Path) -> list[dict[
     )
     rows = game_rows(data_spec, "deploy")[games * (round - 1) :]
     return _seeded(
-        rows, lambda index: sampling_seed(loop, "deployment", round, index), record_dir=str(record_dir)
+        rows,
+        lambda index: stage_sampling_seed(loop.seed, "deployment", round, index),
+        record_dir=str(record_dir),
     )
 
 
@@ -82,7 +77,7 @@ def consolidation_rows(
 ) -> list[dict[str, Any]]:
     """One row per saved deployment turn prompt, which the student answers again (the paper's replay
     mode; ``oel_replay`` agent loop) and the teacher reads with one knowledge stream, sampled per row."""
-    rng = random.Random(f"{loop.seed}/{round}")
+    rng = consolidation_stream_rng(loop.seed, round)
     rows = []
     for episode in episodes:
         for turn, messages in enumerate(episode["turn_prompts"]):
@@ -100,7 +95,7 @@ def consolidation_rows(
                         "oel_seed": episode["seed"],
                         "oel_deployment_turn": turn,
                         "oel_stream": stream,
-                        SEED_KEY: sampling_seed(loop, "consolidation", round, index),
+                        SEED_KEY: stage_sampling_seed(loop.seed, "consolidation", round, index),
                     },
                     "oel_knowledge": knowledge[stream],
                 }

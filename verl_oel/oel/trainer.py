@@ -22,7 +22,6 @@ reproduces the uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -40,15 +39,24 @@ from verl.utils.debug import marked_timer
 from verl.utils.skip import SkipManager
 from verl.utils.tracking import DapoFilteredRewardTableLogger, Tracking, ValidationGenerationsLogger
 
-from verl_oel.data.parquet_io import write_parquet_atomic
+from verl_oel.atomic_io import publish_folder, staged_folder, write_parquet_atomic, write_text_atomic
+from verl_oel.console import emit_event
 from verl_oel.distill.trainer import ConsolidationTrainer
 from verl_oel.distill.worker import weights_fingerprint
 from verl_oel.evaluation import validation_metric
-from verl_oel.knowledge import load_stream, stream_path, write_atomic
+from verl_oel.knowledge import load_stream, stream_path
 from verl_oel.oel.config import TRAINER_MODE, OELConfig
 from verl_oel.oel.extraction_stage import collect_extraction, extraction_rows, stream_specs
-from verl_oel.oel.report import ConsolidationSummary, InContextPoint, RoundEval, save_round_eval
-from verl_oel.oel.run_state import RunState
+from verl_oel.oel.round_eval import ConsolidationSummary, InContextPoint, RoundEval, save_round_eval
+from verl_oel.oel.run_state import (
+    CHECKPOINT,
+    CONSOLIDATION,
+    DEPLOYMENT,
+    EVALUATION,
+    EXTRACTION,
+    TEACHER_REFRESH,
+    RunState,
+)
 from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
 
 
@@ -105,16 +113,17 @@ class OELTrainer(ConsolidationTrainer):
         self.prev_step_profile = self.curr_step_profile = self.next_step_profile = False
         self.state = RunState.attach(self.loop.run_dir)
         stages = {
-            "teacher_refresh": self._teacher_refresh,
-            "extraction": self._extraction,
-            "deployment": self._deployment,
-            "consolidation": self._consolidation,
-            "evaluation": self._evaluation,
-            "checkpoint": self._checkpoint,
+            TEACHER_REFRESH: self._teacher_refresh,
+            EXTRACTION: self._extraction,
+            DEPLOYMENT: self._deployment,
+            CONSOLIDATION: self._consolidation,
+            EVALUATION: self._evaluation,
+            CHECKPOINT: self._checkpoint,
         }
         while (step := self.state.next_stage()) is not None:
             stage = stages[step.stage] if step.round > 0 else self._evaluate_base
             _log(f"round {step.round}: {step.stage} ...")
+            emit_event("stage_start", round=step.round, stage=step.stage)  # the launcher's console
             self.state.stage_dir_for_retry(step.round, step.stage)
             self.global_steps = self._tracking_step(step.round)
             started = time.monotonic()
@@ -123,13 +132,14 @@ class OELTrainer(ConsolidationTrainer):
             self.state.mark_done(step.round, step.stage, summary)
             self.logger.log(data=self._stage_metrics(step.round, step.stage, summary), step=self.global_steps)
             _log(f"round {step.round}: {step.stage} done {json.dumps(summary)}")
+            emit_event("stage_done", round=step.round, stage=step.stage, summary=summary)
         self._shutdown_dump_executor()
 
     def _tracking_step(self, round: int) -> int:
         """The step a stage logs at: the last consolidation step before it, so a resumed run logs at the
         same steps as an uninterrupted one and the steps never go back."""
         steps = self.loop.consolidation_steps
-        if round > 0 and self.state.is_done(round, "consolidation"):
+        if round > 0 and self.state.is_done(round, CONSOLIDATION):
             return round * steps
         return max(0, round - 1) * steps
 
@@ -193,7 +203,7 @@ class OELTrainer(ConsolidationTrainer):
 
     def _evaluate(self, round: int, knowledge: list[str] | None) -> dict[str, float]:
         name = "with_knowledge" if knowledge else "no_knowledge"
-        path = self.state.layout.stage_dir(round, "evaluation") / f"{name}.parquet"
+        path = self.state.layout.stage_dir(round, EVALUATION) / f"{name}.parquet"
         metrics = self._play(evaluation_rows(self.loop, knowledge), path)
         source = f"verl_oel/{self.loop.game}"
         return {
@@ -220,8 +230,8 @@ class OELTrainer(ConsolidationTrainer):
         # Which weights the teacher really holds, comparable with a saved model's (weights_fingerprint).
         fingerprint = self.actor_rollout_wg.teacher_fingerprint()[0]
         document = {"round": round, "teacher": teacher, "fingerprint": fingerprint}
-        write_atomic(
-            self.state.layout.stage_dir(round, "teacher_refresh") / "teacher.json", json.dumps(document)
+        write_text_atomic(
+            self.state.layout.stage_dir(round, TEACHER_REFRESH) / "teacher.json", json.dumps(document)
         )
         return {"teacher": teacher, "teacher_fingerprint": fingerprint}
 
@@ -265,7 +275,7 @@ class OELTrainer(ConsolidationTrainer):
         """``consolidation_steps`` of verl's training step from pi_{r-1} with a fresh optimizer; saves pi_r
         as an HF folder (verl's checkpoint manager, ``save_contents: [hf_model]``)."""
         layout = self.state.layout
-        out_dir = layout.stage_dir(round, "consolidation")
+        out_dir = layout.stage_dir(round, CONSOLIDATION)
         steps = self.loop.consolidation_steps
         self._use_train_rows(layout.deployment_dir(round) / "prompts.parquet")
         self.actor_rollout_wg.reset_optimizer()
@@ -290,8 +300,9 @@ class OELTrainer(ConsolidationTrainer):
             metrics["oel/round"] = round
             self.logger.log(data=metrics, step=self.global_steps)
             records.append({"step": self.global_steps, "data": {k: _plain(v) for k, v in metrics.items()}})
+            emit_event("progress", round=round, stage=CONSOLIDATION, done=len(records), total=steps)
         lines = "".join(json.dumps(record, default=str) + "\n" for record in records)
-        write_atomic(layout.metrics_jsonl(round), lines)
+        write_text_atomic(layout.metrics_jsonl(round), lines)
         hf_model = out_dir / "actor" / "huggingface"
         self.actor_rollout_wg.save_checkpoint(
             str(out_dir / "actor"), None, self.global_steps, max_ckpt_to_keep=None
@@ -305,9 +316,9 @@ class OELTrainer(ConsolidationTrainer):
     def _evaluation(self, round: int) -> dict[str, Any]:
         """pi_r on the held-out games without knowledge and, if asked, with the round's knowledge in context
         (the teacher's setting, read by the student model)."""
-        extraction = self.state.summary(round, "extraction")
-        trained = self.state.is_done(round, "consolidation")
-        consolidation = self.state.summary(round, "consolidation") if trained else None
+        extraction = self.state.summary(round, EXTRACTION)
+        trained = self.state.is_done(round, CONSOLIDATION)
+        consolidation = self.state.summary(round, CONSOLIDATION) if trained else None
         result = self._evaluate(round, None)
         with_knowledge = (
             self._evaluate(round, self._round_knowledge(round))
@@ -342,14 +353,13 @@ class OELTrainer(ConsolidationTrainer):
         """Copy pi_r's HF folder beside the checkpoint folder, check transformers loads it, then rename it
         in: the checkpoint folder is either absent (stage unfinished) or whole."""
         target = self.state.layout.checkpoint_dir(round)
-        source = Path(self.state.summary(round, "consolidation")["hf_model"])
-        temporary = target.with_name(f".{target.name}.tmp")
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        shutil.copytree(source, temporary)
-        parameters, fingerprint = verify_hf_folder(temporary)
-        target.rmdir()  # the empty folder stage_dir_for_retry made
-        os.replace(temporary, target)
+        source = Path(self.state.summary(round, CONSOLIDATION)["hf_model"])
+        for leftover in target.parent.glob(f".{target.name}.*.tmp"):  # a killed attempt's copy
+            shutil.rmtree(leftover)
+        with staged_folder(target) as staging:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            parameters, fingerprint = verify_hf_folder(staging)
+            publish_folder(staging, target)  # replaces the empty folder stage_dir_for_retry made
         return {"model": str(target), "parameters": parameters, "fingerprint": fingerprint}
 
 
@@ -383,5 +393,5 @@ def align_config_dtype(folder: Path) -> str:
     for key in ("dtype", "torch_dtype"):
         if key in config:
             config[key] = dtype
-    write_atomic(config_path, json.dumps(config, indent=2) + "\n")
+    write_text_atomic(config_path, json.dumps(config, indent=2) + "\n")
     return dtype

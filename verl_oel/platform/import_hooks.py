@@ -59,3 +59,9 @@ def when_imported(module_name: str, callback: Callback) -> None:
     _FINDER.callbacks.setdefault(module_name, []).append(callback)
     if module_name in sys.modules:
         callback(sys.modules[module_name])
+
+
+def is_importing(module_name: str) -> bool:
+    """True while ``module_name``'s first import is still running its body (a hook it triggered runs now)."""
+    spec = getattr(sys.modules.get(module_name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))

@@ -20,9 +20,10 @@ class EpisodeSpec:
     ``mode``: ``conversation`` keeps one growing token sequence (model tokens mask 1,
     observations mask 0) and is what RL trains on; ``per_turn`` is the paper's deployment
     mode, where every turn is a fresh prompt holding the game log so far and each turn's
-    prompt is recorded for consolidation. ``knowledge`` (may be empty) is put in the system
-    message, for evaluation with knowledge in context. ``record_dir`` (per-turn mode only):
-    the loop also writes the episode's turn prompts and outcome to
+    prompt is recorded for consolidation. ``knowledge`` (may be empty) is put into the first
+    user message (``verl_oel.knowledge.injection.with_knowledge``, where the consolidation
+    teacher reads it too), for evaluation with knowledge in context. ``record_dir`` (per-turn
+    mode only): the loop also writes the episode's turn prompts and outcome to
     ``record_dir/episode_{seed}.json``, the way deployment data leaves verl's validation
     pass, whose outputs the driver never sees. ``sampling_seed``: every generate call of the
     episode samples with this vLLM seed (turn t with ``sampling_seed + t``), so the same model

@@ -1,0 +1,56 @@
+"""The ``oel:`` section, validated in one place: keys from the dataclasses, problems named by full key."""
+
+from __future__ import annotations
+
+import pytest
+
+from verl_oel.oel.config import OELConfig, OELConfigError, parse_oel_section
+
+LOOP = {"rounds": 2, "game": "frozenlake"}
+
+
+def test_an_unknown_extraction_key_is_named_in_full_with_the_valid_ones():
+    with pytest.raises(
+        OELConfigError, match=r"oel\.extraction\.num_streamz: unknown key; known: \[.*'num_streams'"
+    ):
+        OELConfig.from_mapping({**LOOP, "extraction": {"num_streamz": 2}})
+
+
+def test_every_extraction_field_the_loop_does_not_set_is_a_key():
+    loop = OELConfig.from_mapping({**LOOP, "extraction": {"concurrent": False, "marker": "Rule:"}})
+    assert (loop.extraction.concurrent, loop.extraction.marker) == (False, "Rule:")
+    with pytest.raises(OELConfigError, match=r"oel\.extraction\.base_seed: unknown key"):
+        OELConfig.from_mapping({**LOOP, "extraction": {"base_seed": 3}})
+
+
+def test_a_bad_extraction_value_is_named_in_full():
+    with pytest.raises(OELConfigError, match=r"oel\.extraction\.num_streams=0 must be a positive integer"):
+        OELConfig.from_mapping({**LOOP, "extraction": {"num_streams": 0}})
+    with pytest.raises(
+        OELConfigError, match=r"oel\.extraction\.cut_after=9 must be between 1 and oel\.extraction"
+    ):
+        OELConfig.from_mapping({**LOOP, "extraction": {"games_per_stream": 4, "cut_after": 9}})
+
+
+def test_the_online_mode_is_refused_when_the_config_is_read():
+    with pytest.raises(OELConfigError, match=r"oel\.mode=online .*not implemented yet"):
+        OELConfig.from_mapping({**LOOP, "mode": "online"})
+
+
+def test_required_keys_and_unknown_subsection_keys_are_named():
+    with pytest.raises(OELConfigError, match=r"oel\.game is required"):
+        OELConfig.from_mapping({"rounds": 1})
+    with pytest.raises(
+        OELConfigError, match=r"oel\.evaluation\.gamez: unknown key; known: \['games', 'seed'"
+    ):
+        OELConfig.from_mapping({**LOOP, "evaluation": {"gamez": 3}})
+
+
+def test_the_whole_section_is_parsed_once_and_a_typo_named_once():
+    consolidation, loop = parse_oel_section({**LOOP, "k": 8})
+    assert (consolidation.k, loop.rounds) == (8, 2)
+    consolidation, loop = parse_oel_section({"k": 8})
+    assert (consolidation.k, loop) == (8, None)
+    with pytest.raises(OELConfigError) as error:
+        parse_oel_section({**LOOP, "kk": 8, "loss": "nope"})
+    assert str(error.value).count("oel.kk") == 1 and "oel.loss='nope'" in str(error.value)

@@ -1,0 +1,183 @@
+"""One round's evaluation record, ``eval.json``: its schema, its writer and its validating reader.
+
+``eval.json`` (one per round, written by the evaluation stage with ``save_round_eval``)::
+
+    {
+      "format_version": 1,
+      "round": 1,                              # 0 = the base model
+      "num_games": 128,                        # held-out games per evaluation
+      "pass_rate_no_knowledge": 0.214,         # fraction in [0, 1]: the round's model pi_r, no knowledge
+      "tokens_per_turn": 412.5,                # mean response tokens per turn, same evaluation
+      "pass_rate_with_knowledge": 0.182,       # or null: the round's TEACHER, pi_{r-1} with one stream
+                                               # of round r's knowledge in its prompt (null in round 0)
+      "tokens_per_turn_with_knowledge": 530.0, # or null, same evaluation as the line above
+      "knowledge_items": 34,                   # or null: items kept, summed over the round's streams
+      "in_context_curve": [                    # may be empty: pi_{r-1}'s pass rate with the knowledge
+        {"games": 0, "pass_rate": 0.075},      # as it stood after `games` extraction games
+        {"games": 64, "pass_rate": 0.18}
+      ],
+      "consolidation": {"kl_first": 0.41, "kl_last": 0.11, "steps": 50},  # or null (not trained)
+      "ifeval_prompt_strict": 0.667            # or null: IF-Eval prompt-level strict, non-thinking
+    }
+
+With that reading, rounds 0 and 1 give the paper's three numbers: base (round 0), knowledge in
+context (round 1's teacher) and after consolidation (round 1's model).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from verl_oel.atomic_io import write_text_atomic
+from verl_oel.oel.run_state import FORMAT_VERSION, RunLayout
+
+
+class EvalFormatError(ValueError):
+    """An eval.json that cannot be read; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class ConsolidationSummary:
+    kl_first: float
+    kl_last: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class InContextPoint:
+    games: int
+    pass_rate: float
+
+
+@dataclass(frozen=True)
+class RoundEval:
+    """One round's evaluation; the module docstring gives the file format and what each field means."""
+
+    round: int
+    num_games: int
+    pass_rate_no_knowledge: float
+    tokens_per_turn: float
+    pass_rate_with_knowledge: float | None = None
+    tokens_per_turn_with_knowledge: float | None = None
+    knowledge_items: int | None = None
+    in_context_curve: tuple[InContextPoint, ...] = ()
+    consolidation: ConsolidationSummary | None = None
+    ifeval_prompt_strict: float | None = None
+
+    def __post_init__(self) -> None:
+        rates = {
+            "pass_rate_no_knowledge": self.pass_rate_no_knowledge,
+            "pass_rate_with_knowledge": self.pass_rate_with_knowledge,
+            "ifeval_prompt_strict": self.ifeval_prompt_strict,
+            **{f"in_context_curve[{i}].pass_rate": p.pass_rate for i, p in enumerate(self.in_context_curve)},
+        }
+        for name, value in rates.items():
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} is not a fraction in [0, 1]")
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["in_context_curve"] = [asdict(point) for point in self.in_context_curve]
+        return {"format_version": FORMAT_VERSION, **document}
+
+    @classmethod
+    def from_json(cls, document: Any, source: str) -> RoundEval:
+        """Validate as well as load: a typo'd or mistyped field is named, not silently plotted."""
+        fields_of = _Reader(source)
+        mapping = fields_of.mapping(document, "")
+        version = fields_of.get(mapping, "format_version", int)
+        if version != FORMAT_VERSION:
+            raise EvalFormatError(f"{source}: format_version {version}; this version reads {FORMAT_VERSION}")
+        known = {f.name for f in fields(cls)} | {"format_version"}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise EvalFormatError(f"{source}: unknown field {unknown[0]!r}")
+        curve = [
+            fields_of.mapping(entry, f"in_context_curve[{i}].")
+            for i, entry in enumerate(fields_of.get(mapping, "in_context_curve", list, []))
+        ]
+        consolidation = fields_of.get(mapping, "consolidation", dict, None)
+        values = {
+            name: fields_of.get(mapping, name, kind, *default)
+            for name, kind, *default in (
+                ("round", int),
+                ("num_games", int),
+                ("pass_rate_no_knowledge", float),
+                ("tokens_per_turn", float),
+                ("pass_rate_with_knowledge", float, None),
+                ("tokens_per_turn_with_knowledge", float, None),
+                ("knowledge_items", int, None),
+                ("ifeval_prompt_strict", float, None),
+            )
+        }
+        values["in_context_curve"] = tuple(
+            InContextPoint(
+                games=fields_of.get(point, "games", int, where=f"in_context_curve[{i}]."),
+                pass_rate=fields_of.get(point, "pass_rate", float, where=f"in_context_curve[{i}]."),
+            )
+            for i, point in enumerate(curve)
+        )
+        if consolidation is not None:
+            values["consolidation"] = ConsolidationSummary(
+                kl_first=fields_of.get(consolidation, "kl_first", float, where="consolidation."),
+                kl_last=fields_of.get(consolidation, "kl_last", float, where="consolidation."),
+                steps=fields_of.get(consolidation, "steps", int, where="consolidation."),
+            )
+        try:
+            return cls(**values)
+        except ValueError as error:  # the range checks of __post_init__
+            raise EvalFormatError(f"{source}: {error}") from error
+
+
+_REQUIRED = object()
+
+
+class _Reader:
+    """Typed field access whose errors name the file and the field path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def mapping(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise EvalFormatError(f"{self.source}: {where or 'top level'} must be a JSON object")
+        return value
+
+    def get(
+        self, mapping: Mapping[str, Any], name: str, kind: type, default: Any = _REQUIRED, where: str = ""
+    ) -> Any:
+        if name not in mapping or (mapping[name] is None and default is not _REQUIRED):
+            if default is _REQUIRED:
+                raise EvalFormatError(f"{self.source}: missing field '{where}{name}'")
+            return default
+        value = mapping[name]
+        # JSON numbers without a fraction load as int; true/false load as bool, which is an int too.
+        accepted = (int, float) if kind is float else (kind,)
+        field_is = f"{self.source}: field '{where}{name}' is {value!r}"
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise EvalFormatError(f"{field_is}; expected {kind.__name__}")
+        if kind is float and not math.isfinite(value):
+            raise EvalFormatError(f"{field_is}; expected a finite number")
+        return float(value) if kind is float else value
+
+
+def save_round_eval(layout: RunLayout, record: RoundEval) -> Path:
+    """Write a round's eval.json atomically (the evaluation stage's last output before its marker)."""
+    path = layout.eval_json(record.round)
+    text = json.dumps(record.to_json(), indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text)
+    return path
+
+
+def load_round_eval(path: Path) -> RoundEval:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EvalFormatError(f"{path}: not JSON ({error})") from error
+    return RoundEval.from_json(document, str(path))
