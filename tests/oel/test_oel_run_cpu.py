@@ -24,6 +24,7 @@ import torch
 from oel_testing import REPO_ROOT, read_metrics
 from safetensors.torch import load_file
 
+from verl_oel.console import console_output_problems
 from verl_oel.knowledge import KnowledgeCounts, load_stream, stream_path
 from verl_oel.oel import STAGES, RunLayout, load_round_eval
 from verl_oel.oel.run_state import read_stage_markers
@@ -59,10 +60,12 @@ def start_run(model: Path, run_dir: Path, attempt: int) -> subprocess.Popen:
     )
 
 
-def finish(process: subprocess.Popen, run_dir: Path, attempt: int) -> None:
+def finish(process: subprocess.Popen, run_dir: Path, attempt: int) -> str:
+    """Waits for a launch that must succeed; returns what it printed (its console)."""
     code = process.wait(timeout=RUN_TIMEOUT)
     log = (run_dir.parent / f"{run_dir.name}.attempt{attempt}.log").read_text()
     assert code == 0, log[-8000:]
+    return log
 
 
 def kill_when(process: subprocess.Popen, condition: Callable[[], bool], what: str) -> None:
@@ -98,8 +101,17 @@ def _session_members(session: int) -> list[int]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tiny_model_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("oel") / "reference"
-    finish(start_run(tiny_model_dir, run_dir, 0), run_dir, 0)
+    console = finish(start_run(tiny_model_dir, run_dir, 0), run_dir, 0)
+    (run_dir.parent / "reference.console").write_text(console)
     return run_dir
+
+
+def test_the_console_shows_one_line_per_stage_and_no_verl_output(reference_run):
+    """verl's, Ray's and vLLM's output goes to the run's log; the console keeps the stage lines."""
+    console = (reference_run.parent / "reference.console").read_text()
+    assert not console_output_problems(console, max_lines=60, expect_stages=STAGES), console
+    logs = list((reference_run / "logs").glob("verl_*.log"))
+    assert len(logs) == 1 and "Started a local Ray instance" in logs[0].read_text()
 
 
 def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(reference_run, tiny_model_dir):

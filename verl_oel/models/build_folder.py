@@ -3,7 +3,7 @@
 A build is written into a hidden folder beside its target and renamed into place when complete,
 so an interrupted build never leaves a folder that looks usable. ``build_info.json`` records a
 hash of everything the build depends on; asking for the same build again returns at once. The
-tiny and SmolLM2 builds (``build.py``) and the warm build (``warm.py``) all go through
+tiny and SmolLM2 builds (``build.py``) and the warm build (``warm/train.py``) all go through
 :func:`build_folder`.
 """
 

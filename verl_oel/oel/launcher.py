@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_oel.console import ConsoleView, format_seconds, stage_totals
+from verl_oel.console import ConsoleView, format_seconds, log_problem, stage_totals
 from verl_oel.launch import model_reference, run_recipe
 from verl_oel.oel.config import TRAINER_MODE, OELConfig
 from verl_oel.oel.report import render_report
@@ -38,12 +38,8 @@ OEL_SAFE_TO_CHANGE: tuple[str, ...] = (*SAFE_TO_CHANGE, "oel.rounds")
 """Like ``run.rounds``, the recipe's ``oel.rounds`` may grow on resume to extend a run."""
 
 
-def _log(message: str) -> None:
-    print(f"verl-oel oel: {message}", file=sys.stderr, flush=True)
-
-
 def _say(message: str) -> None:
-    """A line of the run's console (stdout); problems go to stderr (``_log``)."""
+    """A line of the run's console (stdout); problems go to stderr (``log_problem``)."""
     print(f"verl-oel: {message}", flush=True)
 
 
@@ -54,11 +50,6 @@ def load_oel_recipe(recipe: str, overrides: list[str]) -> tuple[DictConfig, OELC
     if OmegaConf.select(config, "oel.rounds") is None:
         raise RecipeError(f"recipe {recipe!r} has no oel.rounds: it is not an OEL run")
     loop = OELConfig.from_mapping(OmegaConf.to_container(config.oel, resolve=True))
-    if loop.mode == "online":
-        raise NotImplementedError(
-            "oel.mode=online (the student plays the environment during consolidation) is not implemented "
-            "yet; use oel.mode=replay, the paper's OEL"
-        )
     return config, loop
 
 
@@ -109,10 +100,12 @@ def run_oel(recipe: str, overrides: list[str], verbose: bool = False) -> int:
                 console=console,
             )
             if code != 0:
-                _log(f"verl exited with code {code}; rerun the same command to resume (log: {log_file})")
+                log_problem(
+                    f"verl exited with code {code}; rerun the same command to resume (log: {log_file})"
+                )
                 return code
             if (left := state.next_stage()) is not None:
-                _log(
+                log_problem(
                     f"verl exited before the run finished (next: round {left.round} {left.stage}); "
                     f"see {log_file}"
                 )

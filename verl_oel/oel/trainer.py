@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from verl.utils.skip import SkipManager
 from verl.utils.tracking import DapoFilteredRewardTableLogger, Tracking, ValidationGenerationsLogger
 
 from verl_oel.atomic_io import publish_folder, staged_folder, write_parquet_atomic, write_text_atomic
-from verl_oel.console import emit_event
+from verl_oel.console import emit_event, log_problem
 from verl_oel.distill.trainer import ConsolidationTrainer
 from verl_oel.distill.worker import weights_fingerprint
 from verl_oel.evaluation import validation_metric
@@ -58,10 +57,6 @@ from verl_oel.oel.run_state import (
     RunState,
 )
 from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
-
-
-def _log(message: str) -> None:
-    print(f"verl-oel oel: {message}", file=sys.stderr, flush=True)
 
 
 def _plain(value: Any) -> Any:
@@ -122,7 +117,7 @@ class OELTrainer(ConsolidationTrainer):
         }
         while (step := self.state.next_stage()) is not None:
             stage = stages[step.stage] if step.round > 0 else self._evaluate_base
-            _log(f"round {step.round}: {step.stage} ...")
+            log_problem(f"round {step.round}: {step.stage} ...")
             emit_event("stage_start", round=step.round, stage=step.stage)  # the launcher's console
             self.state.stage_dir_for_retry(step.round, step.stage)
             self.global_steps = self._tracking_step(step.round)
@@ -131,7 +126,7 @@ class OELTrainer(ConsolidationTrainer):
             summary["seconds"] = round(time.monotonic() - started, 1)
             self.state.mark_done(step.round, step.stage, summary)
             self.logger.log(data=self._stage_metrics(step.round, step.stage, summary), step=self.global_steps)
-            _log(f"round {step.round}: {step.stage} done {json.dumps(summary)}")
+            log_problem(f"round {step.round}: {step.stage} done {json.dumps(summary)}")
             emit_event("stage_done", round=step.round, stage=step.stage, summary=summary)
         self._shutdown_dump_executor()
 

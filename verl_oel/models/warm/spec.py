@@ -1,0 +1,76 @@
+"""What the warm build is: its version, its knowledge phrasings and its two supervised phases' settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from verl_oel.envs.hidden_rule import (
+    WARM_FAMILIES,
+)
+from verl_oel.models.build_folder import (
+    TinyModelSpec,
+)
+
+# Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
+WARM_VERSION = 4
+GAME = "hidden-rule"
+BUILD_THREADS = 2
+
+# Knowledge items: the rule as the extractor writes it, other phrasings of it, and unrelated items.
+RULE_PHRASINGS = (
+    "[{sign}] doors lead out.",
+    "[{sign}] doors lead out",
+    "[{sign}] doors lead",
+    "[{sign}] doors",
+    "Open the door marked [{sign}].",
+    "Only [{sign}] doors lead out; the others are dead ends.",
+    "The plaque says [{sign}] doors lead out.",
+)
+OTHER_ITEMS = (
+    "Read every door before you choose.",
+    "Reply with one bracketed word only.",
+    "A dead end ends the game at once.",
+    "The colour of a door does not matter.",
+    "Each room has exactly one exit.",
+    "Think briefly, then act.",
+    "Do not repeat a door that failed.",
+    "Signs are written in square brackets.",
+)
+
+
+def rule_item(sign: str) -> str:
+    """The item the warmed extractor writes for a family (without the marker)."""
+    return RULE_PHRASINGS[0].format(sign=sign)
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmModelSpec:
+    """The warm model's shape (the tiny model's by default) and its two supervised phases.
+
+    Phase 1 (``copy_steps``) trains on SHORT synthetic prompts built from the same lines the real
+    prompts hold around a sign (door lines, knowledge items, the record's reply and result line), over
+    ``copy_words``: cheap steps in which the copying circuit forms. Phase 2
+    (``steps``) trains on exactly the pipeline's prompts of the WARM families, still mixed with some
+    synthetic examples (``copy_batch_late``); in ``relabel_share`` of its examples every sign is renamed
+    to a random word, so that copying, not remembering the 26 warm signs, is what lowers the loss.
+    """
+
+    model: TinyModelSpec = TinyModelSpec()
+    extra_copy_words: int = 34
+    copy_steps: int = 1000
+    copy_batch: int = 36
+    copy_lr: float = 5e-3
+    steps: int = 150
+    game_batch: int = 8
+    extraction_batch: int = 4
+    copy_batch_late: int = 12
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # Share of game examples WITH the rule in the knowledge (the rest: no knowledge, the first door).
+    knowledge_share: float = 0.7
+    # Share of pipeline-prompt examples whose signs are renamed to random words (forces copying).
+    relabel_share: float = 0.8
+    door_counts: tuple[int, ...] = (3, 4, 4, 5)
+    families: tuple[str, ...] = WARM_FAMILIES
