@@ -12,6 +12,20 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def fail_os_call(monkeypatch, name: str, nth: int) -> None:
+    """Make the ``nth`` call of ``os.<name>`` (e.g. ``fsync``, ``replace``) raise ``OSError("disk on
+    fire")``, as a full disk or a crash would mid-write; every other call goes through."""
+    real, calls = getattr(os, name), []
+
+    def fails_on_nth_call(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == nth:
+            raise OSError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, name, fails_on_nth_call)
+
+
 def run_python(
     code: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:

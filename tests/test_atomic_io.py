@@ -7,6 +7,7 @@ import os
 
 import pandas as pd
 import pytest
+from oel_testing import fail_os_call
 
 from verl_oel.atomic_io import (
     publish_folder,
@@ -67,15 +68,7 @@ def test_a_write_failing_midway_leaves_the_old_file_or_the_new_and_no_temporary(
 ):
     target = tmp_path / "target"
     target.write_bytes(b"old")
-    real, calls = getattr(os, failing), []
-
-    def fails_on_nth_call(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == fail_on_call:
-            raise OSError("disk on fire")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(os, failing, fails_on_nth_call)
+    fail_os_call(monkeypatch, failing, fail_on_call)
     with pytest.raises(OSError, match="disk on fire"):
         WRITERS[kind](target)
     monkeypatch.undo()

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from oel_testing import fail_os_call
 
 from verl_oel.knowledge import (
     DEFAULT_MARKER,
@@ -84,15 +85,7 @@ def test_a_save_failing_midway_keeps_the_previous_json_and_leaves_no_temp_files(
     before = {name: (directory / name).read_bytes() for name in files_in(directory)}
     store.streams[0].add_reply(f"{M} a new rule", seed=9, won=True)
 
-    real, calls = getattr(os, failing), []
-
-    def fails_on_nth_call(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == fail_on_call:
-            raise OSError("disk on fire")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(os, failing, fails_on_nth_call)
+    fail_os_call(monkeypatch, failing, fail_on_call)
     with pytest.raises(OSError, match="disk on fire"):
         save_stream(store.streams[0], tmp_path)
     monkeypatch.undo()
