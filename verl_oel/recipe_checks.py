@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,6 +99,21 @@ def _model_max_positions(config: DictConfig) -> int | None:
     return json.loads(config_json.read_text()).get("max_position_embeddings")
 
 
+def _token_counter(config: DictConfig) -> Callable[[str], int]:
+    """Counts tokens with the run's tokenizer when its folder is here; otherwise bytes, an upper bound for
+    the byte-level tokenizers verl runs (no token is shorter than one byte), so a check stays safe."""
+    path = _select(config, "actor_rollout_ref.model.tokenizer_path") or _select(
+        config, "actor_rollout_ref.model.path"
+    )
+    folder = Path(str(path or "")).expanduser()
+    if (folder / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+    return lambda text: len(text.encode("utf-8"))
+
+
 def _check_oel_section(config: DictConfig) -> list[str]:
     """The ``oel:`` section (``verl_oel.oel.config.parse_oel_section``), then what it needs of the rest."""
     section = _select(config, "oel")
@@ -162,12 +178,17 @@ def _check_oel_loop(config: DictConfig, loop: OELConfig, consolidation: Consolid
     leaves for knowledge; each game turn and each extracted item is one rollout response, so their caps must
     fit verl's response length, or stages would silently cut what the paper keeps.
     """
+    from .knowledge.injection import template_overhead_bound
+
     problems = []
     max_knowledge = consolidation.max_knowledge_length
-    if loop.extraction.budget_tokens > max_knowledge:
+    budget = loop.extraction.budget_tokens
+    overhead = template_overhead_bound(consolidation.knowledge_template, _token_counter(config))
+    if budget + overhead > max_knowledge:
         problems.append(
-            f"oel.extraction.budget_tokens={loop.extraction.budget_tokens} exceeds "
-            f"oel.max_knowledge_length={max_knowledge}: the teacher could not read a full knowledge stream"
+            f"oel.extraction.budget_tokens={budget} + {overhead} tokens that oel.knowledge_template may add "
+            f"around it = {budget + overhead} exceeds oel.max_knowledge_length={max_knowledge}: the teacher "
+            "could not read a full knowledge stream (raise oel.max_knowledge_length or lower the budget)"
         )
     response = _select(config, "data.max_response_length")
     caps = {

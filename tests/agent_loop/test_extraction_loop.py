@@ -9,6 +9,7 @@ from scripted_server import ScriptedServer, make_loop, run_loop
 
 from verl_oel.agent_loop.extraction_loop import KnowledgeExtractionLoop, StreamSpec
 from verl_oel.data.episode_spec import EpisodeSpec
+from verl_oel.envs import make_game
 from verl_oel.knowledge import load_stream, stream_path
 from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE
 
@@ -73,7 +74,8 @@ def test_items_accumulate_with_their_provenance(tmp_path, tokenizer):
         (1, 0, 2, "frozenlake"),
     ]
     assert all(item.won is False for item in stream.items)  # "[right]" twice never reaches the goal
-    assert stream.counts.dropped_in_thinking >= 0 and stream.counts.items_kept == 3
+    # Each reply is one thinking line ("hmm", dropped) and one item (kept).
+    assert stream.counts.dropped_in_thinking == 3 and stream.counts.items_kept == 3
     summary = json.loads(output.extra_fields["oel_streams_summary"])[0]
     assert summary["games"] == 3 and summary["items"] == 3
 
@@ -87,6 +89,18 @@ def test_the_training_snapshot_is_taken_at_the_cut_point(tmp_path, tokenizer):
 
 def test_the_extraction_prompt_holds_the_trajectory_and_previous_knowledge(tmp_path, tokenizer):
     extract(tokenizer, [stream_spec(tmp_path, games=2)])
+    prompts = [tokenizer.decode(call["prompt_ids"]) for call in extract.server.calls]
+    extraction_prompts = [p for p in prompts if "## Game record" in p]
+    assert len(extraction_prompts) == 2  # one per game, in play order
+    for seed, prompt in enumerate(extraction_prompts):
+        # The game it follows, whole: its first board (each game has its own map), both turns and replies.
+        first_board = make_game("frozenlake", max_turns=2).reset(seed).strip()
+        assert first_board in prompt, (seed, prompt[:800])
+        assert prompt.count("You replied:\n[right]") == 2 and "### Result" in prompt
+    knowledge = [p.split("## Experience so far")[1].split("## Your task")[0] for p in extraction_prompts]
+    assert "(nothing recorded yet)" in knowledge[0] and "rule number" not in knowledge[0]
+    # The second game's prompt shows the item the first one wrote.
+    assert "rule number 1." in knowledge[1] and "(nothing recorded yet)" not in knowledge[1]
     log = stream_path(tmp_path / "accumulated", 1, 0).with_suffix(".log.jsonl").read_text().splitlines()
     entries = [json.loads(line) for line in log]
     assert [e["seed"] for e in entries] == [0, 1]

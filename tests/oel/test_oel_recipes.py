@@ -57,10 +57,15 @@ def test_the_loop_keys_consolidation_skips_are_exactly_the_loops_fields():
     assert OEL_LOOP_KEYS == {f.name for f in fields(OELConfig)}
 
 
-def test_a_knowledge_budget_the_teacher_cannot_read_fails_naming_the_keys(tiny_model_dir):
-    config = _compose("oel_cpu_tiny", tiny_model_dir, "oel.extraction.budget_tokens=4096")
+@pytest.mark.parametrize("budget", [4096, 128])
+def test_a_knowledge_budget_the_teacher_cannot_read_fails_naming_the_keys(tiny_model_dir, budget):
+    """128 = oel_cpu_tiny's oel.max_knowledge_length: a full stream plus the template's own tokens would not
+    fit (the worker would raise TeacherPromptTooLongError mid-run), so the launch refuses it."""
+    config = _compose("oel_cpu_tiny", tiny_model_dir, f"oel.extraction.budget_tokens={budget}")
     with pytest.raises(
-        RecipeError, match=r"oel\.extraction\.budget_tokens=4096 exceeds oel\.max_knowledge_length"
+        RecipeError,
+        match=rf"oel\.extraction\.budget_tokens={budget} \+ \d+ tokens that oel\.knowledge_template may add "
+        r"around it = \d+ exceeds oel\.max_knowledge_length=128",
     ):
         check_recipe(config)
 

@@ -206,12 +206,19 @@ def test_a_run_killed_in_extraction_and_in_consolidation_resumes_to_the_same_res
         )
         assert ours_eval.pass_rate_no_knowledge == theirs_eval.pass_rate_no_knowledge
         assert ours_eval.pass_rate_with_knowledge == theirs_eval.pass_rate_with_knowledge
-        # Training is reproduced up to float round-off: CPU kernels of the backward pass (e.g. the embedding
-        # gradient's parallel accumulation) are not bitwise reproducible between processes, so round 2
-        # starts from slightly different weights. Its near-zero first KL (~2e-5, from a model that wrote no
-        # knowledge) then differs by a few percent, hence a floor of 1 % of the round's largest KL.
+        # Everything before a round's first optimizer step is reproduced bit for bit (the same model, rows,
+        # seeds and samples), so its first KL is equal. The updates are not: two uninterrupted runs of this
+        # recipe differ after the first step (measured 2026-12-02, runs A and B: round 1's second KL
+        # 0.028552 / 0.028559; round 2's KLs 2.391e-5 / 2.439e-5 and 0.019744 / 0.019500, since round 2
+        # starts from round 1's slightly different weights). These rounds hold no knowledge (the random
+        # model writes no items), so their gradients are float round-off that Adam turns into lr-sized
+        # steps, and the run-to-run spread is largest there: up to 2 % per step, 1.25 % beyond the first
+        # step of a round. A resumed run agrees within the same spread; the bound is 4 times the
+        # largest seen, with a floor of 1 % of the round's largest KL for the near-zero first steps.
         kl = [read_stage_markers(x, round)["consolidation"]["summary"]["kl"] for x in (layout, reference)]
-        assert kl[0] == pytest.approx(kl[1], rel=1e-2, abs=1e-2 * max(kl[1]))
+        if round == 1:
+            assert kl[0][0] == kl[1][0]
+        assert kl[0] == pytest.approx(kl[1], rel=5e-2, abs=1e-2 * max(kl[1]))
         # The weights agree far more closely than the round moved them (Adam turns round-off in near-zero
         # gradients into differences of up to 2 lr per step on those weights, so not bit for bit).
         start = tiny_model_dir if round == 1 else reference.checkpoint_dir(round - 1)

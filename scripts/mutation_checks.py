@@ -1,0 +1,175 @@
+"""Shows that tests catch the bugs they are named for: each check breaks the code on a copy of the
+repository and runs the tests that must then fail.
+
+    .venv/bin/python scripts/mutation_checks.py            # every check (~1 minute)
+    .venv/bin/python scripts/mutation_checks.py --list
+    .venv/bin/python scripts/mutation_checks.py extraction-prompt-without-knowledge
+
+A check passes when its tests FAIL on the broken copy (and the same tests pass on the unbroken one, run
+first). The working tree is never touched. Prints one line per check, then a JSON summary as the last line.
+Only checks whose tests run without verl's real stack are listed: a broken copy cannot reuse the launches
+a suite run shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    why: str  # the bug it plants
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation(
+        "extraction-prompt-without-knowledge",
+        "the extraction loop sends no previous knowledge",
+        "verl_oel/agent_loop/extraction_loop.py",
+        "                game_record(instruction, record),\n                stream.render(),",
+        '                game_record(instruction, record),\n                "",',
+        (
+            "tests/agent_loop/test_extraction_loop.py::"
+            "test_the_extraction_prompt_holds_the_trajectory_and_previous_knowledge",
+        ),
+    ),
+    Mutation(
+        "extraction-prompt-without-trajectory",
+        "the extraction loop sends an empty game record",
+        "verl_oel/agent_loop/extraction_loop.py",
+        "                game_record(instruction, record),\n                stream.render(),",
+        "                game_record(instruction, type(record)(**{**record.__dict__, "
+        '"observations": [], "replies": []})),\n                stream.render(),',
+        (
+            "tests/agent_loop/test_extraction_loop.py::"
+            "test_the_extraction_prompt_holds_the_trajectory_and_previous_knowledge",
+        ),
+    ),
+    Mutation(
+        "thinking-lines-not-counted",
+        "lines inside <think> blocks are dropped without being counted",
+        "verl_oel/knowledge/parsing.py",
+        "        dropped_in_thinking=in_thinking,",
+        "        dropped_in_thinking=0,",
+        ("tests/agent_loop/test_extraction_loop.py::test_items_accumulate_with_their_provenance",),
+    ),
+    Mutation(
+        "episode-not-cut-at-the-response-cap",
+        "a multi-turn episode goes on after its environment tokens reach the response cap",
+        "verl_oel/agent_loop/game_loop.py",
+        "            if len(mask_after) >= self.response_length:",
+        "            if False:",
+        ("tests/agent_loop/test_game_agent_loop.py::test_an_overlong_episode_is_cut_at_the_response_cap",),
+    ),
+    Mutation(
+        "budget-check-ignores-the-template",
+        "the launch check compares the knowledge budget alone with oel.max_knowledge_length",
+        "verl_oel/recipe_checks.py",
+        "    if budget + overhead > max_knowledge:",
+        "    if budget > max_knowledge:",
+        (
+            "tests/oel/test_oel_recipes.py::test_a_knowledge_budget_the_teacher_cannot_read_fails_naming_the_keys",
+        ),
+    ),
+    Mutation(
+        "template-bound-without-its-text",
+        "the template's bound counts only the seams, not its own text",
+        "verl_oel/knowledge/injection.py",
+        "    return sum(count_tokens(piece) for piece in literal) + SEAM_TOKENS * seams",
+        "    return SEAM_TOKENS * seams",
+        ("tests/knowledge/test_knowledge_injection.py",),
+    ),
+]
+
+
+def _copy_of_the_repository(into: Path) -> Path:
+    """Tracked and untracked (not ignored) files: what the working tree holds, without .venv or runs."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, into / name)
+    return into
+
+
+def _pytest(copy: Path, tests: tuple[str, ...]) -> int:
+    # The copy's package first on the path, ahead of the editable install of the working tree.
+    env = {**os.environ, "PYTHONPATH": f"{copy}{os.pathsep}{copy / 'tests'}"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import verl_oel; print(verl_oel.__file__)"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(probe).resolve().is_relative_to(copy.resolve()):
+        raise SystemExit(f"the copy's tests would import {probe}, not the copy's package")
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).returncode
+
+
+def run(mutation: Mutation) -> dict:
+    with tempfile.TemporaryDirectory(prefix="verl-oel-mutation-") as tmp:
+        copy = _copy_of_the_repository(Path(tmp))
+        unbroken = _pytest(copy, mutation.tests)
+        target = copy / mutation.path
+        source = target.read_text()
+        if source.count(mutation.old) != 1:
+            raise SystemExit(f"{mutation.name}: the code to break is not once in {mutation.path}; update it")
+        target.write_text(source.replace(mutation.old, mutation.new))
+        broken = _pytest(copy, mutation.tests)
+    caught = unbroken == 0 and broken != 0
+    return {"name": mutation.name, "caught": caught, "unbroken_exit": unbroken, "broken_exit": broken}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="checks to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the checks and the bug each plants")
+    args = parser.parse_args()
+    by_name = {m.name: m for m in MUTATIONS}
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name}: {m.why} ({', '.join(m.tests)})")
+        return
+    unknown = [n for n in args.names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown check(s) {unknown}; --list shows them")
+    results = []
+    for m in [by_name[n] for n in args.names] or MUTATIONS:
+        result = run(m)
+        results.append(result)
+        verdict = "caught" if result["caught"] else "NOT CAUGHT"
+        print(f"{m.name}: {verdict} ({m.why})", flush=True)
+    caught = sum(r["caught"] for r in results)
+    print(json.dumps({"checks": len(results), "caught": caught, "results": results}))
+    if not all(r["caught"] for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
