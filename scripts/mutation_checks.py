@@ -94,6 +94,40 @@ MUTATIONS = [
         "    return SEAM_TOKENS * seams",
         ("tests/knowledge/test_knowledge_injection.py",),
     ),
+    Mutation(
+        "prompt-silently-cut",
+        "the agent loops cut an overlong prompt to its last tokens, as verl does, instead of refusing it",
+        "verl_oel/agent_loop/prompt_length.py",
+        "        if len(prompt_ids) > limit:\n            raise PromptTooLongError(",
+        "        if len(prompt_ids) > limit:\n            return prompt_ids[-limit:]\n"
+        "            raise PromptTooLongError(",
+        (
+            "tests/agent_loop/test_game_agent_loop.py::test_a_prompt_verl_would_cut_is_an_error_naming_the_key",
+            "tests/agent_loop/test_extraction_loop.py::"
+            "test_an_extraction_prompt_verl_would_cut_is_an_error_and_nothing_is_saved",
+        ),
+    ),
+    Mutation(
+        "ulysses-accepted",
+        "the launch check lets Ulysses sequence parallelism through",
+        "verl_oel/recipe_checks.py",
+        "            if size is not None and int(size) > 1:",
+        "            if size is not None and int(size) > 99:",
+        (
+            "tests/oel/test_oel_recipes.py::test_a_verl_option_the_passes_cannot_honour_is_refused_naming_the_key",
+        ),
+    ),
+    Mutation(
+        "small-deployment-accepted",
+        "the launch check lets a deployment smaller than one batch through",
+        "verl_oel/recipe_checks.py",
+        "    if batch is not None and loop.deployment.games < int(batch):",
+        "    if batch is not None and loop.deployment.games < 0:",
+        (
+            "tests/oel/test_oel_recipes.py::"
+            "test_a_deployment_that_cannot_fill_a_batch_fails_at_start_naming_the_keys",
+        ),
+    ),
 ]
 
 

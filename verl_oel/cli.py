@@ -18,6 +18,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .recipe_loader import compose_recipe
 
     config = compose_recipe(args.recipe, list(args.overrides))
+    if args.dry_run:
+        from .dry_run import dry_run
+
+        code, text = dry_run(args.recipe, config)
+        print(text, file=sys.stderr if code else sys.stdout)
+        return code
     if OmegaConf.select(config, "oel.rounds") is not None:
         from .oel.launcher import run_oel
 
@@ -190,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="recipe name (recipes/) or YAML path",
     )
     train.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compose the recipe, run every launch check, print the resolved lengths, budgets and oel: "
+        "section, and exit (0, or 2 with the problems); starts nothing and loads no weights",
+    )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     train.set_defaults(func=_cmd_train)
 

@@ -132,6 +132,49 @@ def _check_oel_section(config: DictConfig) -> list[str]:
     return problems
 
 
+# The student and teacher passes (verl_oel/distill/worker.py) call the FSDP engine's HF module directly, on
+# whole unsharded sequences; verl options that change what that module expects cannot be honoured by them.
+_FSDP_STRATEGIES = ("fsdp", "fsdp2")
+
+
+def _check_passes_support(config: DictConfig) -> list[str]:
+    """verl options the consolidation passes cannot honour, each refused with its key and the reason."""
+    problems = []
+    for role in ("actor", "ref"):
+        key = f"actor_rollout_ref.{role}.strategy"
+        strategy = _select(config, key)
+        if strategy is not None and strategy not in _FSDP_STRATEGIES:
+            problems.append(
+                f"{key}={strategy!r}: the student and teacher passes run on verl's FSDP engine only "
+                f"({' or '.join(_FSDP_STRATEGIES)}); other engines hold the model differently "
+                "(Megatron: a list of pipeline chunks)"
+            )
+        for sp_key in (
+            f"actor_rollout_ref.{role}.ulysses_sequence_parallel_size",
+            f"actor_rollout_ref.{role}.fsdp_config.ulysses_sequence_parallel_size",
+        ):
+            size = _select(config, sp_key)
+            if size is not None and int(size) > 1:
+                problems.append(
+                    f"{sp_key}={size}: Ulysses sequence parallelism is not supported; verl patches attention "
+                    "for sequence-sharded inputs, and the passes feed whole sequences"
+                )
+    if _select(config, "actor_rollout_ref.model.use_fused_kernels"):
+        problems.append(
+            "actor_rollout_ref.model.use_fused_kernels=True: not supported; verl's fused-kernel forward "
+            "refuses the passes' call (they need the logits for the top-k), and the update's fused branch "
+            "computes no oel_loss"
+        )
+    for lora_key in ("actor_rollout_ref.model.lora_rank", "actor_rollout_ref.model.lora.rank"):
+        rank = _select(config, lora_key)
+        if rank is not None and int(rank) > 0:
+            problems.append(
+                f"{lora_key}={rank}: LoRA is not supported; the frozen teacher would be a second full copy "
+                "of the base model, while verl keeps the reference inside the LoRA actor"
+            )
+    return problems
+
+
 def _check_consolidation(config: DictConfig, oel: ConsolidationConfig) -> list[str]:
     """The trainer consolidation needs, and room for the knowledge in the teacher's input.
 
@@ -140,7 +183,7 @@ def _check_consolidation(config: DictConfig, oel: ConsolidationConfig) -> list[s
     """
     from .distill.config import check_single_update_per_batch
 
-    problems = check_single_update_per_batch(config)
+    problems = check_single_update_per_batch(config) + _check_passes_support(config)
     mode = _select(config, "trainer.v1.trainer_mode")
     # A whole OEL run (oel.rounds) needs the loop's trainer; a lone consolidation run, the distiller.
     wanted = "oel" if _select(config, "oel.rounds") is not None else "oel_consolidation"
@@ -189,6 +232,14 @@ def _check_oel_loop(config: DictConfig, loop: OELConfig, consolidation: Consolid
             f"oel.extraction.budget_tokens={budget} + {overhead} tokens that oel.knowledge_template may add "
             f"around it = {budget + overhead} exceeds oel.max_knowledge_length={max_knowledge}: the teacher "
             "could not read a full knowledge stream (raise oel.max_knowledge_length or lower the budget)"
+        )
+    batch = _select(config, "data.train_batch_size")
+    if batch is not None and loop.deployment.games < int(batch):
+        # Every game gives at least one turn prompt, so only games >= batch guarantees a full batch; fewer
+        # would be found after the base evaluation and the extraction have run.
+        problems.append(
+            f"oel.deployment.games={loop.deployment.games} is fewer than data.train_batch_size={batch}: "
+            "a deployment of short games could not fill one consolidation batch"
         )
     response = _select(config, "data.max_response_length")
     caps = {

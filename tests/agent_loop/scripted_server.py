@@ -40,11 +40,15 @@ class ScriptedServer:
         )
 
 
-def make_loop(loop_cls, tokenizer, server, response_length: int = 2048):
+def make_loop(loop_cls, tokenizer, server, response_length: int = 2048, prompt_length: int = 4096):
     config = OmegaConf.create(
         {
             "actor_rollout_ref": {
-                "rollout": {"prompt_length": 4096, "response_length": response_length, "multi_turn": {}}
+                "rollout": {
+                    "prompt_length": prompt_length,
+                    "response_length": response_length,
+                    "multi_turn": {},
+                }
             },
             "data": {},
         }

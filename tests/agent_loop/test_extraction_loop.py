@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from itertools import cycle
 
+import pytest
 from scripted_server import ScriptedServer, make_loop, run_loop
 
 from verl_oel.agent_loop.extraction_loop import KnowledgeExtractionLoop, StreamSpec
+from verl_oel.agent_loop.prompt_length import PromptTooLongError
 from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.envs import make_game
 from verl_oel.knowledge import load_stream, stream_path
@@ -55,10 +57,10 @@ def stream_spec(tmp_path, stream=0, games=3, cut_after=None, probes=0) -> Stream
     )
 
 
-def extract(tokenizer, specs):
+def extract(tokenizer, specs, prompt_length: int = 4096):
     scripted = GameOrExtraction(tokenizer)
     server = scripted.server()
-    loop = make_loop(KnowledgeExtractionLoop, tokenizer, server)
+    loop = make_loop(KnowledgeExtractionLoop, tokenizer, server, prompt_length=prompt_length)
     row = {"extra_info": {"oel_streams": json.dumps([s.to_json() for s in specs])}}
     extract.server = server
     return run_loop(loop, **row)
@@ -106,6 +108,15 @@ def test_the_extraction_prompt_holds_the_trajectory_and_previous_knowledge(tmp_p
     assert [e["seed"] for e in entries] == [0, 1]
     assert entries[0]["reply"].endswith("rule number 1.")
     assert entries[1]["items"] == 2
+
+
+def test_an_extraction_prompt_verl_would_cut_is_an_error_and_nothing_is_saved(tmp_path, tokenizer):
+    """The whole game record plus the knowledge must reach the model: the per-turn game prompts fit in 300
+    tokens here, the extraction prompt (record, knowledge, task) does not, and verl would keep its tail."""
+    with pytest.raises(PromptTooLongError, match=r"rollout\.prompt_length.*=300: a prompt of \d+ tokens"):
+        extract(tokenizer, [stream_spec(tmp_path, games=2)], prompt_length=300)
+    assert extract.server.calls  # the game itself was played: only the extraction prompt was too long
+    assert not stream_path(tmp_path, 1, 0).exists()
 
 
 def test_several_streams_in_one_row_are_built_one_after_another(tmp_path, tokenizer):

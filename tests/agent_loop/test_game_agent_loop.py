@@ -9,13 +9,14 @@ import pytest
 from scripted_server import ScriptedServer, make_loop, run_loop, segments
 
 from verl_oel.agent_loop.game_loop import GameAgentLoop
+from verl_oel.agent_loop.prompt_length import PromptTooLongError
 from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE, with_knowledge
 
 
-def play(tokenizer, replies, spec: EpisodeSpec, response_length: int = 2048):
+def play(tokenizer, replies, spec: EpisodeSpec, response_length: int = 2048, prompt_length: int = 4096):
     server = ScriptedServer(tokenizer, iter(replies))
-    loop = make_loop(GameAgentLoop, tokenizer, server, response_length)
+    loop = make_loop(GameAgentLoop, tokenizer, server, response_length, prompt_length)
     return run_loop(loop, extra_info={"oel_game": spec.to_json()}), server
 
 
@@ -81,6 +82,21 @@ def test_an_overlong_episode_is_cut_at_the_response_cap(tokenizer):
     assert all(call["max_tokens"] <= 150 for call in server.calls)
     # The first reply (123 tokens) and the next board no longer fit in 150: it ends, cut, after turn 1.
     assert output.extra_fields["oel_truncated"] is True and output.extra_fields["oel_turns"] == 1
+
+
+def test_a_prompt_verl_would_cut_is_an_error_naming_the_key(tokenizer):
+    """verl left-truncates a prompt beyond rollout.prompt_length with a log line; the game loop refuses it
+    before anything is sampled, here a prompt whose knowledge makes it longer than the limit."""
+    spec = EpisodeSpec(
+        game="frozenlake", seed=3, settings={"max_turns": 5}, knowledge="- EXPERIENCE ITEM: go right. " * 40
+    )
+    plain, _ = play(tokenizer, ["[right]"] * 5, FROZENLAKE)
+    limit = len(plain.prompt_ids) + 20  # room for the plain prompt, not for the knowledge
+    play(tokenizer, ["[right]"] * 5, FROZENLAKE, prompt_length=limit)
+    with pytest.raises(
+        PromptTooLongError, match=r"actor_rollout_ref\.rollout\.prompt_length.*=\d+: a prompt of"
+    ):
+        play(tokenizer, ["[right]"] * 5, spec, prompt_length=limit)
 
 
 def test_unparseable_and_invalid_actions_are_counted(tokenizer):

@@ -52,3 +52,33 @@ def test_folder_without_config_json_is_not_a_model(tmp_path):
     proc, _ = _train(tmp_path, f"actor_rollout_ref.model.path={tmp_path}/empty-model")
     assert proc.returncode == 2
     assert "no config.json" in proc.stderr
+
+
+def test_dry_run_of_a_gpu_recipe_on_this_cpu_machine_prints_the_lengths_and_starts_nothing():
+    proc = run_verl_oel(["train", "--dry-run", "--config-name", "oel_frozenlake_qwen3_4b"], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "every launch check passed" in out
+    assert "model Qwen/Qwen3-4B: not on disk here; skipped" in out  # says what it could not check
+    assert (
+        "oel.extraction.budget_tokens = 8192" in out
+        and "actor_rollout_ref.rollout.prompt_length = 2048" in out
+    )
+    assert "\noel:\n" in out and "consolidation_steps: 50" in out
+    assert "Ray" not in out + proc.stderr
+
+
+def test_dry_run_with_an_option_the_passes_cannot_honour_exits_2_naming_it():
+    proc = run_verl_oel(
+        [
+            "train",
+            "--dry-run",
+            "--config-name",
+            "oel_frozenlake_qwen3_4b",
+            "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+        ],
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2" in proc.stderr
+    assert "lengths and budgets" not in proc.stdout

@@ -57,6 +57,27 @@ def test_the_loop_keys_consolidation_skips_are_exactly_the_loops_fields():
     assert OEL_LOOP_KEYS == {f.name for f in fields(OELConfig)}
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+        "actor_rollout_ref.ref.ulysses_sequence_parallel_size=2",
+        "actor_rollout_ref.model.use_fused_kernels=true",
+        "actor_rollout_ref.actor.strategy=megatron",
+        "actor_rollout_ref.model.lora_rank=16",
+    ],
+)
+def test_a_verl_option_the_passes_cannot_honour_is_refused_naming_the_key(tiny_model_dir, override):
+    """On the paper's GPU recipe, composed on this CPU machine: refused before any worker starts."""
+    config = _compose("oel_frozenlake_qwen3_4b", tiny_model_dir, override)
+    check_recipe(_compose("oel_frozenlake_qwen3_4b", tiny_model_dir))  # the recipe itself passes
+    with pytest.raises(RecipeError) as error:
+        check_recipe(config)
+    key = override.split("=")[0]
+    (line,) = [line for line in str(error.value).splitlines() if f"{key}=" in line]
+    assert "not supported" in line or "FSDP engine only" in line
+
+
 @pytest.mark.parametrize("budget", [4096, 128])
 def test_a_knowledge_budget_the_teacher_cannot_read_fails_naming_the_keys(tiny_model_dir, budget):
     """128 = oel_cpu_tiny's oel.max_knowledge_length: a full stream plus the template's own tokens would not
@@ -67,6 +88,12 @@ def test_a_knowledge_budget_the_teacher_cannot_read_fails_naming_the_keys(tiny_m
         match=rf"oel\.extraction\.budget_tokens={budget} \+ \d+ tokens that oel\.knowledge_template may add "
         r"around it = \d+ exceeds oel\.max_knowledge_length=128",
     ):
+        check_recipe(config)
+
+
+def test_a_deployment_that_cannot_fill_a_batch_fails_at_start_naming_the_keys(tiny_model_dir):
+    config = _compose("oel_cpu_tiny", tiny_model_dir, "oel.deployment.games=1")
+    with pytest.raises(RecipeError, match=r"oel\.deployment\.games=1 is fewer than data\.train_batch_size=4"):
         check_recipe(config)
 
 

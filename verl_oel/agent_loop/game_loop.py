@@ -20,6 +20,7 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 
+from verl_oel.agent_loop.prompt_length import RefusesPromptCuts
 from verl_oel.atomic_io import write_text_atomic
 from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.envs import TextGame, make_game
@@ -119,7 +120,7 @@ class EpisodeRecord:
 
 
 @register(AGENT_NAME)
-class GameAgentLoop(AgentLoopBase):
+class GameAgentLoop(RefusesPromptCuts, AgentLoopBase):
     """Plays the episode described by the row's ``extra_info["oel_game"]`` (see EpisodeSpec)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -13,12 +13,14 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
+from verl_oel.agent_loop.prompt_length import RefusesPromptCuts
+
 AGENT_NAME = "oel_replay"
 SEED_KEY = "oel_sampling_seed"
 
 
 @register(AGENT_NAME)
-class ReplayTurnAgentLoop(SingleTurnAgentLoop):
+class ReplayTurnAgentLoop(RefusesPromptCuts, SingleTurnAgentLoop):
     """verl's single-turn loop with a per-row vLLM sampling seed."""
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
