@@ -128,6 +128,14 @@ MUTATIONS = [
             "test_a_deployment_that_cannot_fill_a_batch_fails_at_start_naming_the_keys",
         ),
     ),
+    Mutation(
+        "warm-prompts-drift-from-the-loops",
+        "the warm-up's copy of the game prompt puts the knowledge elsewhere than the game loop does",
+        "verl_oel/models/warm/prompts.py",
+        "    return with_knowledge(messages, knowledge)",
+        "    return with_knowledge(messages, knowledge, template='{prompt}\\n\\n{knowledge}')",
+        ("tests/models/test_warm_model.py::test_prompts_are_the_game_loops",),
+    ),
 ]
 
 

@@ -23,6 +23,7 @@ from verl_oel.models.warm import (
     WarmModelSpec,
     build_warm_model,
     extract_replies,
+    extraction_messages,
     game_messages,
     play_games,
     rule_item,
@@ -116,14 +117,28 @@ def test_writes_the_held_out_rule_from_won_and_lost_trajectories(warm, sampling)
         assert sum(named) / len(named) >= 0.9
 
 
-def test_prompts_are_the_game_loops():
-    game = make_game("hidden-rule", family="ship")
-    game.reset(0)
-    messages = game_messages(game, render_items([rule_item("ship")]))
-    assert [m["role"] for m in messages] == ["system", "user"]
-    assert messages[0]["content"] == game.instruction
-    assert messages[1]["content"].endswith(game.turn_prompt())
-    assert "- EXPERIENCE ITEM: [ship] doors lead out." in messages[1]["content"]
+@pytest.mark.parametrize("knowledge", ["", render_items([rule_item("ship")])])
+def test_prompts_are_the_game_loops(knowledge):
+    """The warm-up trains on copies of the agent loops' prompt builders (those modules import verl): the
+    copies must give the very messages the loops send, with and without knowledge."""
+    from verl_oel.agent_loop.extraction_loop import game_record
+    from verl_oel.agent_loop.game_loop import EpisodeRecord, opening_messages
+    from verl_oel.knowledge import build_extraction_messages
+
+    for family in ("ship", HELD_OUT_FAMILIES[0]):
+        game = make_game("hidden-rule", family=family)
+        game.reset(0)
+        assert game_messages(game, knowledge) == opening_messages(
+            game.instruction, game.turn_prompt(), knowledge
+        )
+        first = game.turn_prompt()
+        answer = game.step("[left]").observation
+        record = EpisodeRecord(
+            won=False, reason="wrong door", observations=[first, answer], replies=["[left]", "[right]"]
+        )
+        assert extraction_messages(
+            game.instruction, record.observations, record.replies, record.won, record.reason, knowledge
+        ) == build_extraction_messages(game_record(game.instruction, record), knowledge)
 
 
 def test_same_seed_gives_byte_identical_weights(tmp_path):

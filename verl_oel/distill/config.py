@@ -63,9 +63,14 @@ class ConsolidationConfig:
     knowledge_field: str = "oel_knowledge"
     knowledge_template: str = DEFAULT_KNOWLEDGE_TEMPLATE
     max_knowledge_length: int = 512
+    # Seconds between verl's replay-buffer checks for finished rollouts. verl fixes 2.0 s and offers no key;
+    # that wait is a floor under every stage and step (most of a CPU step), so the trainer sets this one.
+    poll_interval_s: float = 0.1
 
     def __post_init__(self) -> None:
         problems = []
+        if not self.poll_interval_s > 0:
+            problems.append(f"oel.poll_interval_s={self.poll_interval_s} must be > 0")
         supported = TOPK_LOSSES + SAMPLED_TOKEN_LOSSES
         if self.loss not in supported:
             problems.append(

@@ -63,6 +63,15 @@ class ConsolidationTrainer(PPOTrainerSync):
         )
         self.on_init_end()
 
+    def _build_replay_buffer(self):
+        """verl's replay buffer, polling every ``oel.poll_interval_s`` instead of its fixed 2 s (its sample
+        loop reads the ``poll_interval`` attribute at each wait; verl 0.9.1 has no recipe key for it)."""
+        buffer = super()._build_replay_buffer()
+        buffer.poll_interval = ConsolidationConfig.from_mapping(
+            OmegaConf.to_container(self.config.get("oel") or OmegaConf.create({}), resolve=True)
+        ).poll_interval_s
+        return buffer
+
     def refresh_teacher(self) -> None:
         """Make the current actor the frozen teacher (start of a new round)."""
         self.actor_rollout_wg.refresh_teacher()
