@@ -37,10 +37,13 @@ shortcut that does not transfer; with varied distances it stays at chance for 80
 
 The loss is on the reply tokens only (the reply and ``<|im_end|>``, as the loop decodes it). The
 build is cached like the tiny model's: ``build_info.json`` records a hash of every setting, the seed
-and ``WARM_VERSION``; the same seed gives byte-identical weights (fixed seeds, a fixed number of torch
-threads, deterministic algorithms). Two threads, the machine's two cores: a build is ~10 minutes with
-nothing else running (on a machine shared with other jobs, two threads spin against them and can run
-many times slower; build first, then run).
+and ``WARM_VERSION``; the same seed gives byte-identical weights on one machine (fixed seeds, a fixed
+number of torch threads, deterministic algorithms), but not across CPU models, whose float kernels
+differ: 1,000+ training steps then end elsewhere, and a seed that builds a good model on one CPU may
+not on another (seed 0 built on an AMD EPYC failed 4 of the behaviour tests in
+``tests/models/test_warm_model.py``, 2026-12-02). Two threads, the machine's two cores: a build is
+~10 minutes with nothing else running (on a machine shared with other jobs, two threads spin against
+them and can run many times slower; build first, then run).
 """
 
 from verl_oel.models.warm.data import copy_batches, copy_example, copy_words, extraction_example, game_example
