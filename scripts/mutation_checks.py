@@ -136,6 +136,24 @@ MUTATIONS = [
         "    return with_knowledge(messages, knowledge, template='{prompt}\\n\\n{knowledge}')",
         ("tests/models/test_warm_model.py::test_prompts_are_the_game_loops",),
     ),
+    Mutation(
+        "seed-splits-overlap-across-base-seeds",
+        "each base seed's split blocks start one block apart, so seed 1's train games are seed 0's val games",
+        "verl_oel/seeds.py",
+        "    start = (base_seed * len(SPLIT_OFFSETS) + SPLIT_OFFSETS[split]) * SPLIT_STRIDE",
+        "    start = (base_seed + SPLIT_OFFSETS[split]) * SPLIT_STRIDE",
+        ("tests/test_seeds.py::test_the_splits_never_share_a_game_at_their_largest",),
+    ),
+    Mutation(
+        "extraction-streams-share-sampling-seeds",
+        "two knowledge streams sample some of their games with the same vLLM seed",
+        "verl_oel/seeds.py",
+        "    return stream_seed * _STREAM_SEED_STRIDE + stream * _STREAM_STRIDE + game_index",
+        "    return stream_seed * _STREAM_SEED_STRIDE + stream + game_index",
+        (
+            "tests/test_seeds.py::test_every_extraction_request_of_a_paper_sized_round_samples_with_its_own_seed",
+        ),
+    ),
 ]
 
 

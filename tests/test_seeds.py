@@ -97,3 +97,44 @@ def test_no_two_purposes_share_a_sampling_seed(purpose):
         return {stage_sampling_seed(0, p, r, i) + t for p, r, i, t in grid}
 
     assert not seeds([purpose]) & seeds(others)
+
+
+@pytest.mark.parametrize("base_seed", [0, 7])
+def test_the_splits_never_share_a_game_at_their_largest(base_seed):
+    """Held-out games are never trained, extracted or deployed on: every split's whole block is disjoint
+    from every other's, for the same and for neighbouring base seeds (runs with seeds 0..2 side by side)."""
+    from verl_oel.seeds import SPLIT_OFFSETS, SPLIT_STRIDE
+
+    blocks = {
+        (seed, split): set(game_seeds(split, SPLIT_STRIDE, seed))
+        for seed in (base_seed, base_seed + 1)
+        for split in SPLIT_OFFSETS
+    }
+    seen: set[int] = set()
+    for block in blocks.values():
+        assert len(block) == SPLIT_STRIDE and not block & seen
+        seen |= block
+    with pytest.raises(ValueError, match="exceed the per-split block"):
+        game_seeds("test", SPLIT_STRIDE + 1, base_seed)
+
+
+def test_every_extraction_request_of_a_paper_sized_round_samples_with_its_own_seed():
+    """oel_frozenlake_qwen3_4b's extraction: 10 streams of 32 games, 3 rounds; no two requests of a run
+    share a vLLM seed, within a round or across rounds, and none is a stage row's seed."""
+    from verl_oel.seeds import extraction_stream_seed
+
+    seeds = [
+        extraction_request_seed(extraction_stream_seed(0, round), stream, game)
+        for round in (1, 2, 3)
+        for stream in range(10)
+        for game in range(32)
+    ]
+    assert len(set(seeds)) == len(seeds) == 3 * 10 * 32
+    stage_rows = {
+        turn_seed(stage_sampling_seed(0, purpose, round, index), turn)
+        for purpose in ("evaluation", "deployment", "consolidation")
+        for round in (0, 1, 2, 3)
+        for index in range(200)
+        for turn in range(5)
+    }
+    assert not set(seeds) & stage_rows
