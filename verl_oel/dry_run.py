@@ -47,15 +47,17 @@ def model_notes(config: DictConfig) -> list[str]:
     """What the checks could read of the model, and what they skipped or bounded without it."""
     path = str(OmegaConf.select(config, "actor_rollout_ref.model.path", default="") or "")
     folder = Path(path).expanduser()
+    # Only a recipe with an oel: section counts the knowledge template's tokens.
+    template = OmegaConf.select(config, "oel", default=None) is not None
     if (folder / "config.json").is_file():
-        notes = [f"model {path}: on disk; its config.json and tokenizer were read by the checks"]
-        if not (folder / "tokenizer_config.json").is_file():
+        notes = [f"model {path}: on disk; its config.json (and tokenizer) were read by the checks"]
+        if template and not (folder / "tokenizer_config.json").is_file():
             notes.append("no tokenizer in the model folder: template tokens bounded by their UTF-8 bytes")
         return notes
-    return [
-        f"model {path}: not on disk here; skipped: the check against its max_position_embeddings; "
-        "the knowledge template's tokens are bounded by their UTF-8 bytes instead of counted"
-    ]
+    skipped = f"model {path}: not on disk here; skipped: the check against its max_position_embeddings"
+    if template:
+        skipped += "; the knowledge template's tokens are bounded by their UTF-8 bytes instead of counted"
+    return [skipped]
 
 
 def dry_run(recipe: str, config: DictConfig) -> tuple[int, str]:
