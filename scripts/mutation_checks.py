@@ -154,6 +154,14 @@ MUTATIONS = [
             "tests/test_seeds.py::test_every_extraction_request_of_a_paper_sized_round_samples_with_its_own_seed",
         ),
     ),
+    Mutation(
+        "warm-build-with-native-kernels",
+        "the warm build uses the float kernels of the CPU it runs on: each CPU model builds another model",
+        "verl_oel/models/warm/train.py",
+        "    pinned = _can_pin_numerics()\n",
+        "    pinned = False\n",
+        ("tests/models/test_warm_model.py::test_the_build_pins_its_float_kernels_whatever_the_callers_are",),
+    ),
 ]
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from oel_testing import fail_os_call
 
 from verl_oel.atomic_io import (
+    leftover_temporaries,
     publish_folder,
     staged_folder,
     write_bytes_atomic,
@@ -129,3 +131,21 @@ def test_a_published_folder_is_fsynced_file_by_file(tmp_path, monkeypatch):
         staged = str(staging)
         publish_folder(staging, tmp_path / "model")
     assert synced == [f"{staged}/weights.bin", staged, str(tmp_path)]
+
+
+def test_leftover_temporaries_are_what_a_killed_write_or_build_of_that_target_leaves(tmp_path, monkeypatch):
+    target = tmp_path / "eval.json"
+    # A write killed before its rename, with no chance to clean up (as after a SIGKILL).
+    monkeypatch.setattr(os, "replace", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(Path, "unlink", lambda *_, **__: None)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(target, "half")
+    monkeypatch.undo()
+    folder = tmp_path / "model"
+    building = staged_folder(folder)  # entered, never exited: a build killed midway
+    staging = building.__enter__()
+    (tmp_path / ".eval.json.other").write_text("not a temporary of ours")
+    (tmp_path / ".evaluation.json.x.tmp").write_text("another target's")
+    leftovers = leftover_temporaries(target)
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".eval.json.")
+    assert leftover_temporaries(folder) == [staging]

@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 
+def leftover_temporaries(target: Path) -> list[Path]:
+    """The temporaries a killed write or staged build of ``target`` left beside it (``.{name}.*.tmp``)."""
+    return sorted(target.parent.glob(f".{target.name}.*.tmp"))
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -151,7 +151,8 @@ def test_sequence_layout_puts_response_row_i_where_verl_reads_it():
 
 def verl_micro_batch(tokenizer, model, knowledge: str, k: int) -> tuple[TensorDict, torch.Tensor]:
     """A micro-batch as verl's engine hands it to the loss, with student and teacher passes filled in,
-    plus the packed student logits (divided by T) the engine would pass as ``student_logits``."""
+    plus the packed student logits the engine would pass as ``student_logits`` (raw: the update runs the
+    engine at temperature 1.0 and the loss divides by T in fp32)."""
     batch = samples(tokenizer)
     prompts = [torch.tensor(p) for _, p, _, _ in batch]
     responses = [torch.tensor(r) for _, _, r, _ in batch]
@@ -187,7 +188,8 @@ def verl_micro_batch(tokenizer, model, knowledge: str, k: int) -> tuple[TensorDi
     tu.assign_non_tensor(
         data, dp_size=1, batch_num_tokens=int(sum(m.sum() for m in masks)), global_batch_size=len(batch)
     )
-    packed = torch.cat([model(input_ids=s[None]).logits[0] for s in sequences]) / TEMPERATURE
+    with torch.no_grad():
+        packed = torch.cat([model(input_ids=s[None]).logits[0] for s in sequences])
     return data, packed.unsqueeze(0)
 
 
@@ -208,18 +210,40 @@ def test_empty_knowledge_gives_zero_kl_and_zero_gradient_with_k_at_least_vocab(t
     student. (With k < V the loss is 0 but its gradient is not: it pushes mass off the top-k.)"""
     vocab = len(tokenizer)
     data, student_logits = verl_micro_batch(tokenizer, model, knowledge="", k=vocab)
-    loss_fn = ConsolidationActorLoss(ConsolidationConfig(k=vocab))
+    loss_fn = ConsolidationActorLoss(ConsolidationConfig(k=vocab), TEMPERATURE)
     loss, grad, metrics = actor_loss_and_grad(loss_fn, data, student_logits)
     assert abs(loss.item()) < 1e-6 and abs(metrics["oel/kl"]) < 1e-6
     assert grad.abs().max().item() < 1e-6
     assert metrics["oel/student_topk_mass"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_bf16_logits_take_one_temperature_path_and_empty_knowledge_gives_no_kl(tokenizer, tiny_model_dir):
+    """bf16 weights, empty knowledge, teacher == student: the passes and the loss all divide the bf16 logits
+    by T in fp32, so the KL is only the floor of the passes' different forwards (padded micro-batches
+    against one sequence at a time). The path this replaced, the engine dividing in bf16 (0.7 becomes
+    0.69921875, the quotient rounded again) and the loss at temperature 1, is far above that floor."""
+    bf16 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    k = 256
+    data, raw_logits = verl_micro_batch(tokenizer, bf16, knowledge="", k=k)
+    assert raw_logits.dtype == torch.bfloat16
+    loss, _, _ = actor_loss_and_grad(
+        ConsolidationActorLoss(ConsolidationConfig(k=k), TEMPERATURE), data, raw_logits
+    )
+    engine_scaled = raw_logits / torch.tensor(TEMPERATURE).to(torch.bfloat16)  # verl's bf16 division
+    assert engine_scaled.dtype == torch.bfloat16
+    old, _, _ = actor_loss_and_grad(
+        ConsolidationActorLoss(ConsolidationConfig(k=k), 1.0), data, engine_scaled
+    )
+    print(f"bf16, empty knowledge: top-{k} reverse KL {loss.item():.3g} (bf16 division: {old.item():.3g})")
+    assert abs(loss.item()) < 1e-4
+    assert old.item() > 10 * max(abs(loss.item()), 1e-6)
+
+
 def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(tokenizer, model):
     k = 16
     data, student_logits = verl_micro_batch(tokenizer, model, knowledge=KNOWLEDGE, k=k)
     loss, _, metrics = actor_loss_and_grad(
-        ConsolidationActorLoss(ConsolidationConfig(k=k)), data, student_logits
+        ConsolidationActorLoss(ConsolidationConfig(k=k), TEMPERATURE), data, student_logits
     )
 
     per_token, masks = [], []

@@ -6,6 +6,7 @@ The model is built once per machine into the shared test cache (the build skips 
 same build), so only the first session pays the few minutes of the build.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -28,6 +29,7 @@ from verl_oel.models.warm import (
     play_games,
     rule_item,
 )
+from verl_oel.models.warm.train import PINNED_NUMERICS
 
 pytestmark = pytest.mark.warm_model
 
@@ -141,11 +143,15 @@ def test_prompts_are_the_game_loops(knowledge):
         ) == build_extraction_messages(game_record(game.instruction, record), knowledge)
 
 
+# A shortened build: a few steps of both phases.
+SHORT_SPEC = WarmModelSpec(
+    copy_steps=2, copy_batch=8, steps=2, game_batch=2, extraction_batch=1, copy_batch_late=8
+)
+
+
 def test_same_seed_gives_byte_identical_weights(tmp_path):
-    """A shortened build (a few steps) twice: the whole pipeline, data to saved bytes, is seed-exact."""
-    spec = WarmModelSpec(
-        copy_steps=2, copy_batch=8, steps=2, game_batch=2, extraction_batch=1, copy_batch_late=8
-    )
+    """A shortened build twice: the whole pipeline, data to saved bytes, is seed-exact."""
+    spec = SHORT_SPEC
     first = build_warm_model(tmp_path / "a", seed=5, spec=spec)
     again = build_warm_model(tmp_path / "b", seed=5, spec=spec)
     other = build_warm_model(tmp_path / "c", seed=6, spec=spec)
@@ -153,3 +159,40 @@ def test_same_seed_gives_byte_identical_weights(tmp_path):
     assert (first / weights).read_bytes() == (again / weights).read_bytes()
     assert (first / weights).read_bytes() != (other / weights).read_bytes()
     assert (first / "tokenizer.json").read_bytes() == (other / "tokenizer.json").read_bytes()
+
+
+def test_the_build_pins_its_float_kernels_whatever_the_callers_are(tmp_path, monkeypatch):
+    """Another CPU picks other float kernels, and 1,150 steps make them another model (measured: see
+    ``PINNED_NUMERICS``). Here the caller's environment asks for ATen's portable kernels and MKL's
+    compatible path, then for the AVX512 ones: the build trains with the pinned AVX2 kernels both times."""
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    portable = build_warm_model(tmp_path / "portable", seed=5, spec=SHORT_SPEC)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    monkeypatch.delenv("MKL_CBWR")
+    wide = build_warm_model(tmp_path / "wide", seed=5, spec=SHORT_SPEC)
+    weights = "model.safetensors"
+    assert (portable / weights).read_bytes() == (wide / weights).read_bytes()
+    info = json.loads((wide / BUILD_INFO_FILE).read_text())
+    assert info["settings"]["numerics"] == PINNED_NUMERICS
+
+
+def test_unpinned_kernels_do_change_the_bytes(tmp_path, python_in_subprocess):
+    """The control of the test above: the same short training in processes with different ATen kernels
+    (not pinned) gives different weights, so the equality above is the pinning's doing."""
+    script = f"""
+import hashlib, json, torch
+from verl_oel.models.warm import WarmModelSpec, train_warm_model
+spec = WarmModelSpec.from_dict(json.loads({json.dumps(json.dumps(dataclasses.asdict(SHORT_SPEC)))}))
+model, _ = train_warm_model(spec, 5, log_every=0)
+digest = hashlib.sha256()
+for name, tensor in sorted(model.state_dict().items()):
+    digest.update(tensor.numpy().tobytes())
+print(digest.hexdigest())
+"""
+    digests = {}
+    for capability in ("default", "avx512"):
+        proc = python_in_subprocess(script, env={"ATEN_CPU_CAPABILITY": capability})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests[capability] = proc.stdout.split()[-1]
+    assert digests["default"] != digests["avx512"]

@@ -9,7 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from verl_oel.distill.config import OEL_LOOP_KEYS, ConsolidationConfig
-from verl_oel.oel.config import OELConfig
+from verl_oel.oel.config import EXTRACTION_FROM_LOOP, OELConfig
+from verl_oel.oel.extraction_stage import ExtractionConfig
 from verl_oel.oel.launcher import load_oel_recipe, run_oel
 from verl_oel.recipe_checks import RecipeError, check_recipe
 from verl_oel.recipe_loader import compose_recipe, list_recipes
@@ -55,6 +56,20 @@ def test_every_oel_recipe_passes_the_launch_checks(name, tiny_model_dir):
 
 def test_the_loop_keys_consolidation_skips_are_exactly_the_loops_fields():
     assert OEL_LOOP_KEYS == {f.name for f in fields(OELConfig)}
+
+
+def test_the_extraction_fields_set_from_the_loop_are_extraction_fields_and_not_its_keys():
+    extraction_fields = {f.name for f in fields(ExtractionConfig)}
+    assert set(EXTRACTION_FROM_LOOP) <= extraction_fields
+    loop = {"rounds": 1, "game": "hidden-rule", "game_settings": {"family": "ship"}, "seed": 7}
+    config = OELConfig.from_mapping(loop)
+    assert (config.extraction.game, config.extraction.settings, config.extraction.base_seed) == (
+        "hidden-rule",
+        {"family": "ship"},
+        7,
+    )
+    with pytest.raises(ValueError, match="oel.extraction.base_seed"):
+        OELConfig.from_mapping({**loop, "extraction": {"base_seed": 7}})
 
 
 @pytest.mark.parametrize(

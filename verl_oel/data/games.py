@@ -7,12 +7,11 @@ with the same base seed, plays the same held-out games.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_oel.atomic_io import write_parquet_atomic
+from verl_oel.atomic_io import write_json_atomic, write_parquet_atomic
 from verl_oel.seeds import game_seeds
 
 from .episode_spec import EpisodeSpec
@@ -68,9 +67,9 @@ def write_game_data(spec: GameDataSpec, out_dir: str | Path) -> dict[str, Path]:
     for split, n in spec.sizes.items():
         if n > 0:
             written[split] = write_parquet_atomic(game_rows(spec, split), out_dir / f"{split}.parquet")
-    (out_dir / "dataset.json").write_text(
-        json.dumps(
-            {"game": spec.game, "settings": spec.settings, "base_seed": spec.base_seed, "sizes": spec.sizes}
-        )
+    write_json_atomic(
+        out_dir / "dataset.json",
+        {"game": spec.game, "settings": spec.settings, "base_seed": spec.base_seed, "sizes": spec.sizes},
+        indent=None,
     )
     return written

@@ -1,12 +1,18 @@
 """The consolidation loss as verl's actor engine calls it: a logits processor, then the loss.
 
-verl's FSDP engine hands a loss function the student's packed, temperature-scaled logits
-(``student_logits``, [1, total_tokens, V]) when the micro-batch says ``distillation_use_topk``, and keeps
+verl's FSDP engine hands a loss function the student's packed logits (``student_logits``,
+[1, total_tokens, V]) when the micro-batch says ``distillation_use_topk``, and keeps
 each returned per-token tensor as a model output; it then calls the same function again with those
 outputs to get the scalar loss. That is the one place in verl's update where the full logits can be read,
 so the registered loss of ``losses.py`` runs there (per token, ``reduction="none"``) and the second call
 aggregates with verl's ``agg_loss`` over the global batch, so micro-batching and data parallelism give
 the same token-mean as one big batch. No policy-gradient, ratio, clipping or entropy term is added.
+
+The update tells verl's engine temperature 1.0 (``distill/trainer.py``), so the logits arrive raw, and the
+loss divides them by the rollout temperature in fp32, as the student and teacher passes do: one numeric
+path. verl's engine would divide in the model dtype (bf16 turns 0.7 into 0.69921875 and rounds the
+quotient again), which on identical bf16 logits alone gives a top-256 reverse KL of 3e-4 to 1.5e-3
+nats/token against the passes' fp32 division.
 """
 
 from __future__ import annotations
@@ -51,8 +57,11 @@ def _packed(data: TensorDict, key: str) -> torch.Tensor | None:
 class ConsolidationActorLoss:
     """Loss function object for ``TrainingWorker.set_loss_fn``: per-token loss, then global aggregation."""
 
-    def __init__(self, config: ConsolidationConfig) -> None:
+    def __init__(self, config: ConsolidationConfig, temperature: float) -> None:
+        if not temperature > 0:
+            raise ValueError(f"actor_rollout_ref.rollout.temperature={temperature} must be > 0")
         self.config = config
+        self.temperature = float(temperature)
         self.loss_fn = get_cd_loss(config.loss)
 
     def __call__(
@@ -69,14 +78,14 @@ class ConsolidationActorLoss:
     def per_token(self, student_logits: torch.Tensor, data: TensorDict) -> dict[str, torch.Tensor]:
         """Per-token loss and metric sources over the packed tokens ([1, total_tokens] each).
 
-        ``student_logits`` are already divided by the rollout temperature, hence ``temperature=1``.
+        ``student_logits`` are raw (the engine ran at temperature 1.0); the loss scales them in fp32.
         """
         mask = packed_loss_mask(data).unsqueeze(0)
         sampled_ids = torch.roll(data["input_ids"].values(), shifts=-1).unsqueeze(0)
         batch = DistillationBatch(
             student_logits=student_logits,
             response_mask=mask,
-            temperature=1.0,
+            temperature=self.temperature,
             topk_ids=_packed(data, TOPK_IDS),
             teacher_topk_logprobs=_packed(data, TEACHER_TOPK_LOGPROBS),
             sampled_ids=sampled_ids,
@@ -92,7 +101,7 @@ class ConsolidationActorLoss:
     ) -> dict[str, torch.Tensor]:
         """Detached per-token entropy and top-k masses, for logging only."""
         with torch.no_grad():
-            log_probs = torch.log_softmax(student_logits.detach().float(), dim=-1)
+            log_probs = torch.log_softmax(student_logits.detach().float() / self.temperature, dim=-1)
             sources = {"oel_student_entropy": -(log_probs.exp() * log_probs).sum(-1)}
             if batch.topk_ids is not None:
                 sources["oel_student_topk_mass"] = log_probs.gather(-1, batch.topk_ids.long()).exp().sum(-1)

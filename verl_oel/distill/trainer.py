@@ -116,7 +116,9 @@ class ConsolidationTrainer(PPOTrainerSync):
                 "epochs": 1,
                 "seed": self.config.actor_rollout_ref.actor.data_loader_seed,
                 "dataloader_kwargs": {"shuffle": False},
-                "temperature": self.config.actor_rollout_ref.rollout.temperature,
+                # Raw logits to the loss, which divides by the rollout temperature in fp32 as the
+                # student and teacher passes do (actor_loss.py); verl would divide in the model dtype.
+                "temperature": 1.0,
             }
         )
         output = self.actor_rollout_wg.update_actor(batch)

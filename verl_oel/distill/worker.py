@@ -67,7 +67,7 @@ class ConsolidationWorker(ActorRolloutRefWorker):
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.tokenizer = omega_conf_to_dataclass(self.config.model).tokenizer
         if self.actor is not None:
-            self.loss_fn = ConsolidationActorLoss(self.consolidation)
+            self.loss_fn = ConsolidationActorLoss(self.consolidation, self._temperature())
             self.actor.set_loss_fn(self.loss_fn)
 
     def _temperature(self) -> float:

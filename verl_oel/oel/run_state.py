@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from verl_oel.atomic_io import write_text_atomic
+from verl_oel.atomic_io import leftover_temporaries, write_text_atomic
 
 FORMAT_VERSION = 1
 
@@ -457,7 +457,7 @@ class RunState:
         round_dir = self.layout.round_dir(round)
         for name in STAGE_OUTPUTS[stage].files:
             (round_dir / name).unlink(missing_ok=True)
-            for temporary in round_dir.glob(f".{name}.*.tmp"):  # write_text_atomic's, if killed mid-write
+            for temporary in leftover_temporaries(round_dir / name):  # a write killed midway
                 temporary.unlink(missing_ok=True)
         directory.mkdir(parents=True)
         return directory

@@ -38,7 +38,13 @@ from verl.utils.debug import marked_timer
 from verl.utils.skip import SkipManager
 from verl.utils.tracking import DapoFilteredRewardTableLogger, Tracking, ValidationGenerationsLogger
 
-from verl_oel.atomic_io import publish_folder, staged_folder, write_parquet_atomic, write_text_atomic
+from verl_oel.atomic_io import (
+    leftover_temporaries,
+    publish_folder,
+    staged_folder,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 from verl_oel.console import emit_event, log_problem
 from verl_oel.distill.trainer import ConsolidationTrainer
 from verl_oel.distill.worker import weights_fingerprint
@@ -349,7 +355,7 @@ class OELTrainer(ConsolidationTrainer):
         in: the checkpoint folder is either absent (stage unfinished) or whole."""
         target = self.state.layout.checkpoint_dir(round)
         source = Path(self.state.summary(round, CONSOLIDATION)["hf_model"])
-        for leftover in target.parent.glob(f".{target.name}.*.tmp"):  # a killed attempt's copy
+        for leftover in leftover_temporaries(target):  # a killed attempt's copy
             shutil.rmtree(leftover)
         with staged_folder(target) as staging:
             shutil.copytree(source, staging, dirs_exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from verl_oel.envs.hidden_rule import (
     WARM_FAMILIES,
@@ -12,7 +13,7 @@ from verl_oel.models.build_folder import (
 )
 
 # Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
-WARM_VERSION = 4
+WARM_VERSION = 5
 GAME = "hidden-rule"
 BUILD_THREADS = 2
 
@@ -74,3 +75,15 @@ class WarmModelSpec:
     relabel_share: float = 0.8
     door_counts: tuple[int, ...] = (3, 4, 4, 5)
     families: tuple[str, ...] = WARM_FAMILIES
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> WarmModelSpec:
+        """The inverse of ``dataclasses.asdict`` (JSON's lists back to tuples)."""
+        return cls(
+            **{
+                **values,
+                "model": TinyModelSpec(**values["model"]),
+                "door_counts": tuple(values["door_counts"]),
+                "families": tuple(values["families"]),
+            }
+        )

@@ -1,0 +1,39 @@
+"""The warm build's training process (started by ``train._train_in_pinned_process``, not by hand):
+``python -m verl_oel.models.warm --seed N --spec JSON --out DIR`` trains one build and saves it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from verl_oel.models.warm.spec import WarmModelSpec
+from verl_oel.models.warm.train import PINNED_CAPABILITY, PINNED_NUMERICS, train_warm_model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Trains one build with the numerics the parent pinned, and saves it."""
+    parser = argparse.ArgumentParser(prog="python -m verl_oel.models.warm")
+    parser.add_argument("--seed", type=int, required=True, help="the build's seed")
+    parser.add_argument("--spec", required=True, help="WarmModelSpec as JSON (dataclasses.asdict)")
+    parser.add_argument("--out", type=Path, required=True, help="an existing empty folder to save into")
+    parser.add_argument(
+        "--expect-pinned", action="store_true", help="exit with an error unless the numerics are pinned"
+    )
+    args = parser.parse_args(argv)
+    if args.expect_pinned:
+        capability = torch.backends.cpu.get_cpu_capability()
+        if capability != PINNED_CAPABILITY or os.environ.get("MKL_CBWR") != PINNED_NUMERICS["MKL_CBWR"]:
+            raise SystemExit(f"warm build: numerics not pinned (torch's CPU capability is {capability})")
+    # oneDNN picks its kernels by CPU too; the fp32 build does not need it (measured: same bytes).
+    torch.backends.mkldnn.enabled = False
+    model, tokenizer = train_warm_model(WarmModelSpec.from_dict(json.loads(args.spec)), args.seed)
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+
+
+if __name__ == "__main__":
+    main()
