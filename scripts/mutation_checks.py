@@ -162,6 +162,17 @@ MUTATIONS = [
         "    pinned = False\n",
         ("tests/models/test_warm_model.py::test_the_build_pins_its_float_kernels_whatever_the_callers_are",),
     ),
+    Mutation(
+        "actor-loss-without-the-temperature",
+        "the update's loss reads the raw logits at temperature 1, as if verl's engine had scaled them",
+        "verl_oel/distill/actor_loss.py",
+        "            temperature=self.temperature,\n",
+        "            temperature=1.0,\n",
+        (
+            "tests/distill/test_teacher_pass.py::"
+            "test_sampled_token_losses_through_the_actor_path_match_the_direct_formula",
+        ),
+    ),
 ]
 
 

@@ -1,18 +1,27 @@
 """Consolidation through verl's real v1 trainer on CPU (tiny model): Ray, FSDP2 actor and ref, vLLM-CPU.
 
-One launch serves both tests (module fixture): its first batch carries NO knowledge (teacher input ==
-student input, ref == actor), the next eight carry ``DEMO_KNOWLEDGE``. The first step runs at learning
-rate 0 (one warm-up step), so the empty batch is measured on the untouched model without moving the
-weights the knowledge steps start from.
+One launch serves every test of the module (module fixture): its first batch carries NO knowledge
+(teacher input == student input, ref == actor), the next eight carry ``DEMO_KNOWLEDGE``. The first step
+runs at learning rate 0 (one warm-up step), so the empty batch is measured on the untouched model without
+moving the weights the knowledge steps start from.
+
+The launch runs the GPU recipes' packed path (``actor_rollout_ref.model.use_remove_padding=true``: the
+update's forward takes the micro-batch's sequences concatenated in one row, with position ids restarting
+per sequence; transformers' sdpa masks each sequence off from the others), while the student and teacher
+passes run padded micro-batches. verl 0.9.1's packed path runs on CPU with sdpa (found 2026-12-02); the
+CPU recipes keep the padded one.
 """
 
 from __future__ import annotations
 
 import pytest
 from oel_testing import train_and_read_metrics
+from transformers import AutoTokenizer
 
 from verl_oel.atomic_io import write_parquet_atomic
 from verl_oel.data.consolidation import DEMO_KNOWLEDGE, consolidation_rows
+from verl_oel.distill.config import ConsolidationConfig
+from verl_oel.knowledge.injection import with_knowledge
 
 pytestmark = pytest.mark.verl
 
@@ -43,6 +52,8 @@ def steps(tmp_path_factory, tiny_model_dir) -> dict[int, dict]:
             "oel.k=8192",
             # Step 1 (the empty batch) at lr 0: verl's constant schedule with one warm-up step.
             "actor_rollout_ref.actor.optim.lr_warmup_steps=1",
+            # The GPU recipes' packed update (see the module's docstring).
+            "actor_rollout_ref.model.use_remove_padding=true",
         ],
     )
 
@@ -54,10 +65,13 @@ def test_empty_knowledge_gives_zero_kl_and_zero_gradient_at_the_first_step(steps
     # verl logs the learning rate the scheduler set for the NEXT step: full lr after the one warm-up step
     # (LambdaLR's factor at step 0 is 0/1, so step 1 itself ran at lr 0).
     assert steps[1]["actor/lr"] == pytest.approx(1e-3)
+    # The update (packed) and the teacher pass (padded) are two float32 forwards of different shapes,
+    # whose round-off differs: measured KL 3.8e-7 and grad norm 2.3e-4 (the same launch padded, where
+    # both forwards have the same shapes: 0.0 and 6e-8). A teacher that saw another sequence's tokens
+    # (packing without the per-sequence mask) would change every later position (not measured).
     assert abs(steps[1]["actor/oel/kl"]) < 1e-6
-    # The actor (update pass) and the ref (teacher pass) are two float32 forwards whose round-off
-    # differs slightly: measured 1.4e-4. With knowledge the first step's norm is ~1.2, and a
-    # misaligned teacher (shifted or re-tokenized response) gives O(0.1-1): four orders apart.
+    # With knowledge the first step's norm is ~1.2, and a misaligned teacher (shifted or re-tokenized
+    # response) gives O(0.1-1): four orders apart.
     assert steps[1]["actor/grad_norm"] < 1e-3
     assert steps[2]["actor/grad_norm"] > 1e3 * steps[1]["actor/grad_norm"]
 
@@ -79,3 +93,21 @@ def test_kl_to_the_knowledge_conditioned_teacher_falls(steps):
     assert steps[1 + KNOWLEDGE_STEPS]["actor/grad_norm"] < steps[2]["actor/grad_norm"], kl
     for key in ("actor/oel/student_entropy", "actor/oel/teacher_entropy", "actor/oel/student_topk_mass"):
         assert key in steps[2]
+
+
+def test_the_launchs_knowledge_is_several_times_the_student_prompt(tiny_model_dir):
+    """The launch above runs the paper's shape of teacher sequence, knowledge most of it (8,192 knowledge
+    tokens against ~2,000 of per-turn prompt there): here the knowledge block, template included, adds
+    3.3 times the student prompt's tokens (measured: 17 -> 73), so the teacher's positions are offset
+    far past the student's and a misalignment could not hide in a short shift."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    template = ConsolidationConfig().knowledge_template
+    for row in consolidation_rows(DEMO_KNOWLEDGE):
+        messages = list(row["prompt"])
+        student = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        teacher = tokenizer.apply_chat_template(
+            with_knowledge(messages, row["oel_knowledge"], template),
+            add_generation_prompt=True,
+            return_dict=False,
+        )
+        assert len(teacher) - len(student) >= 3 * len(student), (len(student), len(teacher))

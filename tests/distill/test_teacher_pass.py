@@ -263,6 +263,49 @@ def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(t
     assert int(packed_loss_mask(data).sum()) == int(sum(sum(m) for *_, m in samples(tokenizer)))
 
 
+@pytest.mark.parametrize("loss", ["k1", "k3"])
+def test_sampled_token_losses_through_the_actor_path_match_the_direct_formula(tokenizer, model, loss):
+    """k1 and k3 as verl's update calls them (packed raw logits, the teacher's log-prob of each sampled
+    token from the batch): the loss is the token mean of the estimator over model tokens, and the
+    gradient is k1's score-function gradient or k3's straight one, against one-sequence forwards."""
+    data, student_logits = verl_micro_batch(tokenizer, model, knowledge=KNOWLEDGE, k=4)
+    actor_loss, grad, metrics = actor_loss_and_grad(
+        ConsolidationActorLoss(ConsolidationConfig(loss=loss), TEMPERATURE), data, student_logits
+    )
+
+    values, grads = [], []
+    offset = 0
+    for msgs, prompt, response, mask in samples(tokenizer):
+        teacher_prompt = chat_ids(tokenizer, with_knowledge(msgs, KNOWLEDGE, TEMPLATE))
+        teacher = direct_log_probs(model, teacher_prompt, response)
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0]
+        rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(response)].clone().requires_grad_()
+        student = torch.log_softmax(rows / TEMPERATURE, dim=-1)
+        picked = torch.tensor(response)[:, None]
+        log_p, log_q = student.gather(-1, picked)[:, 0], teacher.gather(-1, picked)[:, 0]
+        keep = torch.tensor(mask, dtype=torch.bool)
+        if loss == "k1":
+            estimate = (log_p - log_q).detach()
+            surrogate = (estimate * log_p)[keep]  # gradient k1 * grad log p(y)
+        else:
+            estimate = torch.expm1(log_q - log_p) - (log_q - log_p)
+            surrogate = estimate[keep]
+        values.append(estimate.detach()[keep])
+        (row_grad,) = torch.autograd.grad(surrogate.sum(), rows)
+        grads.append((offset + len(prompt) - 1, row_grad))
+        offset += len(prompt) + len(response)
+    count = sum(v.numel() for v in values)
+    expected = torch.cat(values).mean()
+    assert abs(expected.item()) > 1e-3  # the knowledge changes the teacher
+    assert actor_loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert metrics["oel/kl"] == pytest.approx(expected.item(), rel=1e-4)
+    for start, row_grad in grads:
+        got = grad[0, start : start + row_grad.shape[0]]
+        torch.testing.assert_close(got, row_grad / count, rtol=1e-4, atol=1e-7)
+
+
 def test_config_names_the_offending_key():
     with pytest.raises(ConsolidationConfigError, match="oel.loss='full_reverse_kl'"):
         ConsolidationConfig(loss="full_reverse_kl")

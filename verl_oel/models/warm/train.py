@@ -221,9 +221,8 @@ def build_warm_model(
     settings["numerics"] = dict(PINNED_NUMERICS) if pinned else "native"
     if not pinned:
         logger.warning(
-            "this CPU has no AVX2 (torch's CPU capability is %s): the warm model is built with its native "
-            "float kernels, so it is not the model the project's tests measured and may not pass them",
-            torch.backends.cpu.get_cpu_capability(),
+            "this CPU has no AVX2: the warm model is built with its native float kernels, so it is not "
+            "the model the project's tests measured and may not pass them"
         )
 
     def write(folder: Path) -> None:
@@ -233,8 +232,11 @@ def build_warm_model(
 
 
 def _can_pin_numerics() -> bool:
-    """True on a CPU that runs ATen's AVX2 kernels (x86-64 with AVX2 and FMA; AVX512 CPUs have both)."""
-    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    """True on a CPU that runs ATen's AVX2 kernels (x86-64 with AVX2; AVX512 CPUs have it too).
+
+    Asks the CPU (torch's cpuinfo), not the kernels this process dispatches to: those follow this
+    process's own ``ATEN_CPU_CAPABILITY``, which must not decide the build's."""
+    return bool(torch.cpu._is_avx2_supported())
 
 
 def _train_in_pinned_process(spec: WarmModelSpec, seed: int, folder: Path, pinned: bool) -> None:
