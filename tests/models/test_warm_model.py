@@ -151,10 +151,9 @@ SHORT_SPEC = WarmModelSpec(
 
 def test_same_seed_gives_byte_identical_weights(tmp_path):
     """A shortened build twice: the whole pipeline, data to saved bytes, is seed-exact."""
-    spec = SHORT_SPEC
-    first = build_warm_model(tmp_path / "a", seed=5, spec=spec)
-    again = build_warm_model(tmp_path / "b", seed=5, spec=spec)
-    other = build_warm_model(tmp_path / "c", seed=6, spec=spec)
+    first = build_warm_model(tmp_path / "a", seed=5, spec=SHORT_SPEC)
+    again = build_warm_model(tmp_path / "b", seed=5, spec=SHORT_SPEC)
+    other = build_warm_model(tmp_path / "c", seed=6, spec=SHORT_SPEC)
     weights = "model.safetensors"
     assert (first / weights).read_bytes() == (again / weights).read_bytes()
     assert (first / weights).read_bytes() != (other / weights).read_bytes()
@@ -177,7 +176,7 @@ def test_the_build_pins_its_float_kernels_whatever_the_callers_are(tmp_path, mon
     assert info["settings"]["numerics"] == PINNED_NUMERICS
 
 
-def test_unpinned_kernels_do_change_the_bytes(tmp_path, python_in_subprocess):
+def test_unpinned_kernels_do_change_the_bytes(python_in_subprocess):
     """The control of the test above: the same short training in processes with different ATen kernels
     (not pinned) gives different weights, so the equality above is the pinning's doing."""
     script = f"""
