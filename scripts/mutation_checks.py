@@ -108,6 +108,25 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "extraction-bound-without-replies",
+        "the launch check's bound on the extraction prompt forgets the replies of the game record",
+        "verl_oel/oel/prompt_bounds.py",
+        "    total = fixed + p + max_turns * reply_cap + MAX_REASON_BYTES + knowledge + seams",
+        "    total = fixed + p + MAX_REASON_BYTES + knowledge + seams",
+        ("tests/agent_loop/test_prompt_bounds.py::test_every_prompt_is_within_the_bound_of_its_kind",),
+    ),
+    Mutation(
+        "turn-prompt-over-the-students-length",
+        "a game turn without knowledge may grow past data.max_prompt_length, which the bounds count on",
+        "verl_oel/agent_loop/prompt_length.py",
+        "        if not knowledge.strip() and len(prompt_ids) > limit:",
+        "        if False:",
+        (
+            "tests/agent_loop/test_game_agent_loop.py::"
+            "test_a_turn_prompt_without_knowledge_over_the_students_length_is_an_error",
+        ),
+    ),
+    Mutation(
         "ulysses-accepted",
         "the launch check lets Ulysses sequence parallelism through",
         "verl_oel/recipe_checks.py",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .recipe_checks import RecipeError, check_recipe
+from .recipe_checks import RecipeError, check_recipe, derived_lengths, oel_prompt_bounds
 
 LENGTH_KEYS = (
     "data.max_prompt_length",
@@ -68,8 +68,16 @@ def dry_run(recipe: str, config: DictConfig) -> tuple[int, str]:
         return 2, f"verl-oel: {recipe}: {error}"
     lines = [f"verl-oel: {recipe}: every launch check passed (dry run: nothing started)"]
     lines += [f"  {note}" for note in model_notes(config)]
+    derived = {length.key: length for length in derived_lengths(config)}
     lines.append("lengths and budgets:")
-    lines += [f"  {key} = {_value(config, key)}" for key in LENGTH_KEYS]
+    lines += [
+        f"  {derived[key].line()}" if key in derived else f"  {key} = {_value(config, key)}"
+        for key in LENGTH_KEYS
+    ]
+    bounds = oel_prompt_bounds(config)
+    if bounds is not None:
+        lines.append("the longest prompt of each kind the run rolls out (tokens):")
+        lines += [f"  {bound.line()}" for bound in bounds.all]
     oel = OmegaConf.select(config, "oel", default=None)
     if oel is not None:
         lines.append("oel:")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .platform.shm import cleanup_new_shm_segments
-from .recipe_checks import RecipeError, check_recipe
+from .recipe_checks import RecipeError, check_recipe, derived_lengths
 from .recipe_loader import compose_recipe, process_env_of, resolve_recipe
 
 
@@ -104,10 +104,13 @@ def run_recipe(
     except RecipeError as error:
         print(f"verl-oel: {error}", file=sys.stderr)
         return 2
+    derived = derived_lengths(config)
+    for length in derived:
+        print(f"verl-oel: {length.key}={length.value} ({length.why}; --dry-run shows the sum)", flush=True)
     for key, value in process_env_of(config).items():
         env.setdefault(key, value)
     env.setdefault("PYTHONUNBUFFERED", "1")  # the driver's own prints reach the log as they happen
-    command = verl_command(recipe, overrides)
+    command = verl_command(recipe, [*overrides, *(length.override() for length in derived)])
     with cleanup_new_shm_segments():
         if log_file is None:
             return subprocess.call(command, env=env, preexec_fn=_die_with_parent)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import re
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 if TYPE_CHECKING:
     from .distill.config import ConsolidationConfig
     from .oel.config import OELConfig
+    from .oel.prompt_bounds import PromptBounds, PromptCounter
+
+ROLLOUT_PROMPT_LENGTH = "actor_rollout_ref.rollout.prompt_length"
 
 
 class RecipeError(ValueError):
@@ -99,9 +102,12 @@ def _model_max_positions(config: DictConfig) -> int | None:
     return json.loads(config_json.read_text()).get("max_position_embeddings")
 
 
-def _token_counter(config: DictConfig) -> Callable[[str], int]:
-    """Counts tokens with the run's tokenizer when its folder is here; otherwise bytes, an upper bound for
-    the byte-level tokenizers verl runs (no token is shorter than one byte), so a check stays safe."""
+def _prompt_counter(config: DictConfig) -> PromptCounter:
+    """Counts tokens with the run's tokenizer and chat template when its folder is here; otherwise bytes,
+    an upper bound for the byte-level tokenizers verl runs (no token is shorter than one byte), plus an
+    allowance per chat message, so a check stays safe."""
+    from .oel.prompt_bounds import PromptCounter
+
     path = _select(config, "actor_rollout_ref.model.tokenizer_path") or _select(
         config, "actor_rollout_ref.model.path"
     )
@@ -109,9 +115,12 @@ def _token_counter(config: DictConfig) -> Callable[[str], int]:
     if (folder / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
-    return lambda text: len(text.encode("utf-8"))
+        kwargs = _select(config, "data.apply_chat_template_kwargs") or {}
+        kwargs = (
+            OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs)
+        )
+        return PromptCounter.from_tokenizer(AutoTokenizer.from_pretrained(folder), kwargs)
+    return PromptCounter.utf8_bound()
 
 
 def _check_oel_section(config: DictConfig) -> list[str]:
@@ -224,9 +233,10 @@ def _check_oel_loop(config: DictConfig, loop: OELConfig, consolidation: Consolid
     from .knowledge.injection import template_overhead_bound
 
     problems = []
+    counter = _prompt_counter(config)
     max_knowledge = consolidation.max_knowledge_length
     budget = loop.extraction.budget_tokens
-    overhead = template_overhead_bound(consolidation.knowledge_template, _token_counter(config))
+    overhead = template_overhead_bound(consolidation.knowledge_template, counter.text)
     if budget + overhead > max_knowledge:
         problems.append(
             f"oel.extraction.budget_tokens={budget} + {overhead} tokens that oel.knowledge_template may add "
@@ -250,7 +260,114 @@ def _check_oel_loop(config: DictConfig, loop: OELConfig, consolidation: Consolid
     for key, cap in caps.items():
         if response is not None and cap is not None and cap > response:
             problems.append(f"{key}={cap} exceeds data.max_response_length={response}")
+    return problems + _check_rollout_prompt_length(config, loop, consolidation, counter)
+
+
+def loop_prompt_bounds(
+    config: DictConfig, loop: OELConfig, consolidation: ConsolidationConfig, counter: PromptCounter
+) -> PromptBounds | None:
+    """The longest prompt of each kind the run rolls out (``verl_oel/oel/prompt_bounds.py``); None when
+    the recipe does not say its lengths."""
+    from .envs import make_game
+    from .oel.prompt_bounds import prompt_bounds
+
+    prompt = _select(config, "data.max_prompt_length")
+    response = _select(config, "data.max_response_length")
+    if prompt is None or response is None:
+        return None
+    game = make_game(loop.game, **loop.game_settings)
+    extraction = loop.extraction
+    return prompt_bounds(
+        counter=counter,
+        turn_prompt_tokens=int(prompt),
+        response_length=int(response),
+        max_turns=game.max_turns,
+        extraction_reply_cap=extraction.max_turn_tokens,
+        budget_tokens=extraction.budget_tokens,
+        show_previous_knowledge=extraction.show_previous_knowledge,
+        marker=extraction.marker,
+        knowledge_template=consolidation.knowledge_template,
+        knowledge_in_context=loop.evaluation.with_knowledge or extraction.in_context_games > 0,
+    )
+
+
+def rollout_prompt_length_is_derived(config: DictConfig) -> bool:
+    """Whether the recipe leaves ``rollout.prompt_length`` to verl's default (``data.max_prompt_length``):
+    then an OEL run derives it from the bounds instead, so its knowledge-bearing prompts fit."""
+    rollout = _select(config, "actor_rollout_ref.rollout")
+    if rollout is None or "prompt_length" not in rollout:
+        return True
+    return OmegaConf.is_interpolation(rollout, "prompt_length")
+
+
+def _check_rollout_prompt_length(
+    config: DictConfig, loop: OELConfig, consolidation: ConsolidationConfig, counter: PromptCounter
+) -> list[str]:
+    """Every prompt the run rolls out fits ``rollout.prompt_length`` (derived, or the recipe's), and that
+    length plus a whole reply fits the rollout's ``max_model_len``: verl would otherwise cut or fail."""
+    bounds = loop_prompt_bounds(config, loop, consolidation, counter)
+    if bounds is None:
+        return []
+    longest = bounds.longest
+    response = int(_select(config, "data.max_response_length"))
+    problems = []
+    if rollout_prompt_length_is_derived(config):
+        length, source = (
+            longest.tokens,
+            f"{ROLLOUT_PROMPT_LENGTH} (derived: the longest prompt, {longest.kind})",
+        )
+    else:
+        length, source = int(_select(config, ROLLOUT_PROMPT_LENGTH)), ROLLOUT_PROMPT_LENGTH
+        if length < longest.tokens:
+            problems.append(
+                f"{ROLLOUT_PROMPT_LENGTH}={length} is shorter than the longest prompt the run can roll out, "
+                f"{longest.line()}: verl would cut it (leave the key unset and it is derived)"
+            )
+    max_model_len = _select(config, "actor_rollout_ref.rollout.max_model_len")
+    if max_model_len is not None and length + response > int(max_model_len):
+        problems.append(
+            f"actor_rollout_ref.rollout.max_model_len={max_model_len} is shorter than {source} {length} + "
+            f"data.max_response_length {response} = {length + response}; the longest prompt is "
+            f"{longest.line()}"
+        )
     return problems
+
+
+@dataclass(frozen=True)
+class DerivedLength:
+    """A length a launch sets itself, and why (printed at launch and by the dry run)."""
+
+    key: str
+    value: int
+    why: str
+    arithmetic: str
+
+    def override(self) -> str:
+        return f"{self.key}={self.value}"
+
+    def line(self) -> str:
+        return f"{self.key} = {self.value} (derived: {self.why}: {self.arithmetic})"
+
+
+def oel_prompt_bounds(config: DictConfig) -> PromptBounds | None:
+    """``loop_prompt_bounds`` of a checked recipe: None unless it is a whole OEL run with its lengths set."""
+    from .oel.config import parse_oel_section
+
+    if _select(config, "oel.rounds") is None:
+        return None
+    consolidation, loop = parse_oel_section(OmegaConf.to_container(config.oel, resolve=True))
+    return loop_prompt_bounds(config, loop, consolidation, _prompt_counter(config))
+
+
+def derived_lengths(config: DictConfig) -> list[DerivedLength]:
+    """The lengths a launch derives: ``rollout.prompt_length`` of a whole OEL run whose recipe leaves it
+    unset, the longest prompt the run can roll out. Call after the checks."""
+    bounds = oel_prompt_bounds(config) if rollout_prompt_length_is_derived(config) else None
+    if bounds is None:
+        return []
+    longest = bounds.longest
+    why = f"the longest prompt the run can roll out, {longest.kind}"
+    return [DerivedLength(ROLLOUT_PROMPT_LENGTH, longest.tokens, why, longest.arithmetic)]
 
 
 def check_recipe(config: DictConfig) -> None:

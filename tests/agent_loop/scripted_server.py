@@ -40,7 +40,16 @@ class ScriptedServer:
         )
 
 
-def make_loop(loop_cls, tokenizer, server, response_length: int = 2048, prompt_length: int = 4096):
+def make_loop(
+    loop_cls,
+    tokenizer,
+    server,
+    response_length: int = 2048,
+    prompt_length: int = 4096,
+    student_prompt_length: int | None = None,
+):
+    """``prompt_length`` is verl's ``rollout.prompt_length``; ``student_prompt_length`` the recipe's
+    ``data.max_prompt_length`` (the limit of a turn prompt without knowledge), by default the same."""
     config = OmegaConf.create(
         {
             "actor_rollout_ref": {
@@ -50,7 +59,7 @@ def make_loop(loop_cls, tokenizer, server, response_length: int = 2048, prompt_l
                     "multi_turn": {},
                 }
             },
-            "data": {},
+            "data": {"max_prompt_length": student_prompt_length or prompt_length},
         }
     )
     return loop_cls(

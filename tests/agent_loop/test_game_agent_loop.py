@@ -14,9 +14,16 @@ from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE, with_knowledge
 
 
-def play(tokenizer, replies, spec: EpisodeSpec, response_length: int = 2048, prompt_length: int = 4096):
+def play(
+    tokenizer,
+    replies,
+    spec: EpisodeSpec,
+    response_length: int = 2048,
+    prompt_length: int = 4096,
+    student_prompt_length: int | None = None,
+):
     server = ScriptedServer(tokenizer, iter(replies))
-    loop = make_loop(GameAgentLoop, tokenizer, server, response_length, prompt_length)
+    loop = make_loop(GameAgentLoop, tokenizer, server, response_length, prompt_length, student_prompt_length)
     return run_loop(loop, extra_info={"oel_game": spec.to_json()}), server
 
 
@@ -99,6 +106,23 @@ def test_a_prompt_verl_would_cut_is_an_error_naming_the_key(tokenizer):
         play(tokenizer, ["[right]"] * 5, spec, prompt_length=limit)
 
 
+@pytest.mark.parametrize("mode", ["per_turn", "conversation"])
+def test_a_turn_prompt_without_knowledge_over_the_students_length_is_an_error(tokenizer, mode):
+    """Without knowledge a turn prompt must fit data.max_prompt_length (the student's prompt, which the
+    launch check's bounds count on), however much room rollout.prompt_length leaves; with knowledge the
+    same turn may be longer, up to rollout.prompt_length."""
+    plain = EpisodeSpec(game="frozenlake", seed=3, settings={"max_turns": 5}, mode=mode)
+    knowing = replace(plain, knowledge="- EXPERIENCE ITEM: go right.")
+    _, server = play(tokenizer, ["[right]"] * 5, plain)
+    # A conversation's prompt is its first message; a per-turn game's, every turn's (the last is longest).
+    prompts = server.calls if mode == "per_turn" else server.calls[:1]
+    longest = max(len(call["prompt_ids"]) for call in prompts)
+    play(tokenizer, ["[right]"] * 5, plain, student_prompt_length=longest)
+    play(tokenizer, ["[right]"] * 5, knowing, student_prompt_length=longest - 1)
+    with pytest.raises(PromptTooLongError, match=rf"data\.max_prompt_length={longest - 1}: a game turn's"):
+        play(tokenizer, ["[right]"] * 5, plain, student_prompt_length=longest - 1)
+
+
 def test_unparseable_and_invalid_actions_are_counted(tokenizer):
     # FrozenLake: no bracketed move is unparseable; the game decides how many it tolerates.
     output, _ = play(tokenizer, ["I am not sure", "hmm", "still thinking", "no idea", "pass"], FROZENLAKE)
@@ -157,3 +181,25 @@ def test_per_turn_mode_with_record_dir_saves_the_episode_for_deployment(tokenize
 def test_record_dir_needs_per_turn_mode():
     with pytest.raises(ValueError, match="record_dir"):
         EpisodeSpec(game="frozenlake", seed=3, record_dir="/tmp/x")
+
+
+def test_every_agent_loop_of_the_plugin_refuses_to_cut_a_prompt():
+    """verl's own cut (a log warning, the prompt's tail kept) must be unreachable from any row the plugin
+    writes: every loop it registers overrides the one method that cuts."""
+    import importlib
+
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+
+    from verl_oel.agent_loop.prompt_length import RefusesPromptCuts
+
+    ours = {
+        name: entry["_target_"]
+        for name, entry in _agent_loop_registry.items()
+        if entry["_target_"].startswith("verl_oel.")
+    }
+    assert set(ours) == {"oel_game", "oel_extract_stream", "oel_replay"}
+    for name, target in ours.items():
+        module, _, cls = target.rpartition(".")
+        loop = getattr(importlib.import_module(module), cls)
+        assert issubclass(loop, RefusesPromptCuts), name
+        assert loop._cap_text_prompt_length is RefusesPromptCuts._cap_text_prompt_length, name

@@ -24,6 +24,7 @@ from verl_oel.distill.actor_loss import (
 from verl_oel.distill.config import ConsolidationConfig, ConsolidationConfigError
 from verl_oel.distill.teacher import (
     build_teacher_prompt_ids,
+    micro_batches,
     score_responses,
     to_sequence_layout,
 )
@@ -137,6 +138,43 @@ def test_batched_scores_equal_a_direct_forward_position_by_position(tokenizer, m
             score.entropy, -(reference.exp() * reference).sum(-1), rtol=1e-5, atol=1e-5
         )
         assert torch.equal(score.topk_ids, torch.topk(reference, 7, dim=-1).indices)
+
+
+def test_micro_batches_follow_the_count_or_the_token_budget():
+    lengths = [5, 3, 9, 2, 2, 2, 4]
+    assert micro_batches(lengths, 3) == [(0, 3), (3, 6), (6, 7)]
+    # A budget of 12 padded tokens: (5, 3) pads to 2 x 5; 9 then goes alone; four of length <= 4 would be 16.
+    spans = micro_batches(lengths, 3, max_tokens=12)
+    assert spans == [(0, 2), (2, 3), (3, 6), (6, 7)]
+    for start, stop in spans:
+        assert (stop - start) * max(lengths[start:stop]) <= 12 or stop - start == 1
+    assert micro_batches([20, 1], 8, max_tokens=12) == [(0, 1), (1, 2)]  # too long for the budget: alone
+    assert micro_batches([], 4) == []
+
+
+def test_a_token_budget_changes_the_micro_batches_not_the_scores(tokenizer, model):
+    """With verl's use_dynamic_bsz the passes cut micro-batches by its token budget; each sequence's
+    scores stay those of a direct forward (right padding and the attention mask keep them apart)."""
+    calls = []
+
+    def counting(**inputs):
+        calls.append(tuple(inputs["input_ids"].shape))
+        return model(**inputs)
+
+    batch = samples(tokenizer) * 3
+    sequences = [torch.tensor(prompt + response) for _, prompt, response, _ in batch]
+    responses = [torch.tensor(response) for _, _, response, _ in batch]
+    longest = max(seq.numel() for seq in sequences)
+    scores = score_responses(counting, sequences, responses, TEMPERATURE, k=5, max_tokens=2 * longest)
+    assert len(calls) == 3 and all(rows * width <= 2 * longest for rows, width in calls), calls
+    for score, (_, prompt, response, _) in zip(scores, batch, strict=True):
+        reference = direct_log_probs(model, prompt, response)
+        torch.testing.assert_close(
+            score.sampled_logprobs,
+            reference.gather(-1, torch.tensor(response)[:, None]).squeeze(-1),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_sequence_layout_puts_response_row_i_where_verl_reads_it():

@@ -12,6 +12,7 @@ from verl_oel.envs import (
     render_turn_prompt,
     strip_thinking,
 )
+from verl_oel.envs.base import MAX_REASON_BYTES, Outcome
 
 
 def test_every_family_is_registered():
@@ -123,3 +124,14 @@ def test_next_message_holds_only_what_is_new():
         assert message.endswith("Turn 2 of 5. Your action?")
         assert game.history[0].observation in game.turn_prompt()
     game.close()
+
+
+def test_an_outcome_reason_longer_than_the_bound_the_length_checks_count_on_is_refused():
+    """The extraction prompt shows the reason; the launch check's bound on that prompt allows
+    MAX_REASON_BYTES for it (verl_oel/oel/prompt_bounds.py)."""
+    Outcome(won=False, reason="x" * MAX_REASON_BYTES)
+    with pytest.raises(ValueError, match=rf"an outcome reason of {MAX_REASON_BYTES + 1} bytes"):
+        Outcome(won=False, reason="x" * (MAX_REASON_BYTES + 1))
+    # Bytes, not characters: the bound is on tokens, and no byte-level token is shorter than a byte.
+    with pytest.raises(ValueError):
+        Outcome(won=True, reason="é" * (MAX_REASON_BYTES // 2 + 1))

@@ -60,10 +60,12 @@ def test_dry_run_of_a_gpu_recipe_on_this_cpu_machine_prints_the_lengths_and_star
     out = proc.stdout
     assert "every launch check passed" in out
     assert "model Qwen/Qwen3-4B: not on disk here; skipped" in out  # says what it could not check
-    assert (
-        "oel.extraction.budget_tokens = 8192" in out
-        and "actor_rollout_ref.rollout.prompt_length = 2048" in out
-    )
+    assert "oel.extraction.budget_tokens = 8192" in out and "data.max_prompt_length = 2048" in out
+    # The rollout's prompt length is derived from the budgets: the extraction prompt is the longest
+    # (without the tokenizer, its fixed text is bounded by bytes), and every sum is printed.
+    assert "actor_rollout_ref.rollout.prompt_length = 16861 (derived: the longest prompt" in out
+    assert "an extraction prompt: " in out and "+ oel.extraction.budget_tokens 8192 + seams 52 = 16861" in out
+    assert "a game turn with knowledge in context: data.max_prompt_length 2048 + " in out
     assert "\noel:\n" in out and "consolidation_steps: 50" in out
     assert "Ray" not in out + proc.stderr
 

@@ -12,7 +12,7 @@ from verl_oel.distill.config import OEL_LOOP_KEYS, ConsolidationConfig
 from verl_oel.oel.config import EXTRACTION_FROM_LOOP, OELConfig
 from verl_oel.oel.extraction_stage import ExtractionConfig
 from verl_oel.oel.launcher import load_oel_recipe, run_oel
-from verl_oel.recipe_checks import RecipeError, check_recipe
+from verl_oel.recipe_checks import RecipeError, check_recipe, derived_lengths
 from verl_oel.recipe_loader import compose_recipe, list_recipes
 
 BASES = ("cpu_base", "oel_cpu_demo_base")
@@ -116,6 +116,73 @@ def test_a_turn_cap_longer_than_the_response_fails_naming_the_key(tiny_model_dir
     config = _compose("oel_cpu_tiny", tiny_model_dir, "oel.deployment.max_turn_tokens=64")
     with pytest.raises(
         RecipeError, match=r"oel\.deployment\.max_turn_tokens=64 exceeds data\.max_response_length"
+    ):
+        check_recipe(config)
+
+
+def _demo_extraction_prompt_tokens(tiny_model_dir) -> tuple[int, int]:
+    """(turn prompt, extraction prompt) tokens of one oel-cpu-demo game, as its loops build them: a
+    hidden-rule game, an 8-token reply, and 64 tokens of knowledge (the demo's budget)."""
+    from transformers import AutoTokenizer
+
+    from verl_oel.agent_loop.extraction_loop import game_record
+    from verl_oel.agent_loop.game_loop import EpisodeRecord, opening_messages
+    from verl_oel.envs import make_game
+    from verl_oel.knowledge import build_extraction_messages
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def count(messages):
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    game = make_game("hidden-rule", family="ship", num_doors=4)
+    first = game.reset(0)
+    turn = count(opening_messages(game.instruction, game.turn_prompt(), ""))
+    reply = tokenizer.decode(tokenizer.encode(" [ship] " * 8, add_special_tokens=False)[:8])
+    result = game.step(reply)
+    record = EpisodeRecord(observations=[first, result.observation], replies=[reply], won=True, reason="r")
+    knowledge = tokenizer.decode(tokenizer.encode("- EXPERIENCE ITEM: open the ship door. " * 20)[:64])
+    return turn, count(build_extraction_messages(game_record(game.instruction, record), knowledge))
+
+
+def test_the_demo_with_a_short_prompt_length_derives_a_rollout_length_that_holds_every_prompt(tiny_model_dir):
+    """The issue's reproduction (data.max_prompt_length=180, extraction prompts of ~440 tokens): it passes the
+    launch checks because the launch derives rollout.prompt_length from the budgets, which holds the
+    extraction prompt; its turn prompts (151 tokens) fit the 180 the run-time check enforces."""
+    config = _compose("oel-cpu-demo", tiny_model_dir, "data.max_prompt_length=180")
+    check_recipe(config)
+    (derived,) = derived_lengths(config)
+    assert derived.key == "actor_rollout_ref.rollout.prompt_length"
+    turn, extraction = _demo_extraction_prompt_tokens(tiny_model_dir)
+    assert turn <= 180 < extraction <= derived.value
+    assert derived.override() == f"actor_rollout_ref.rollout.prompt_length={derived.value}"
+    # The recipe as shipped derives its own, longer length; a recipe that sets the key keeps it.
+    assert derived_lengths(_compose("oel-cpu-demo", tiny_model_dir))[0].value > derived.value
+    assert (
+        derived_lengths(
+            _compose("oel-cpu-demo", tiny_model_dir, "actor_rollout_ref.rollout.prompt_length=1060")
+        )
+        == []
+    )
+
+
+def test_a_rollout_prompt_length_shorter_than_the_longest_prompt_is_refused_naming_it(tiny_model_dir):
+    config = _compose("oel-cpu-demo", tiny_model_dir, "actor_rollout_ref.rollout.prompt_length=300")
+    with pytest.raises(
+        RecipeError,
+        match=r"actor_rollout_ref\.rollout\.prompt_length=300 is shorter than the longest prompt the run can "
+        r"roll out, an extraction prompt: .* = \d+: verl would cut it",
+    ):
+        check_recipe(config)
+
+
+def test_a_context_too_short_for_the_longest_prompt_and_a_reply_is_refused_naming_the_keys(tiny_model_dir):
+    config = _compose("oel-cpu-demo", tiny_model_dir, "actor_rollout_ref.rollout.max_model_len=768")
+    with pytest.raises(
+        RecipeError,
+        match=r"actor_rollout_ref\.rollout\.max_model_len=768 is shorter than "
+        r"actor_rollout_ref\.rollout\.prompt_length \(derived: .*\) \d+ \+ data\.max_response_length 16",
     ):
         check_recipe(config)
 

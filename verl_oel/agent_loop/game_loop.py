@@ -183,6 +183,7 @@ class GameAgentLoop(RefusesPromptCuts, AgentLoopBase):
         messages = opening_messages(game.instruction, await _call_game(game.turn_prompt), spec.knowledge)
         record.turn_prompts.append([dict(m) for m in messages])
         token_ids = await self.ct_build_initial_tokens(messages)
+        self.check_turn_prompt(token_ids, spec.knowledge)
         prompt_length = len(token_ids)
         response_mask: list[int] = []
         logprobs: list[float] = []
@@ -244,6 +245,7 @@ class GameAgentLoop(RefusesPromptCuts, AgentLoopBase):
             messages = opening_messages(game.instruction, await _call_game(game.turn_prompt), spec.knowledge)
             record.turn_prompts.append(messages)
             prompt_ids = await self.ct_build_initial_tokens(messages)
+            self.check_turn_prompt(prompt_ids, spec.knowledge)
             output = await self._generate(
                 prompt_ids,
                 sampling_params,

@@ -83,6 +83,7 @@ def score_responses(
     k: int | None = None,
     ids: Sequence[torch.Tensor] | None = None,
     micro_batch_size: int = 8,
+    max_tokens: int | None = None,
     chunk_size: int = 256,
     pad_token_id: int = 0,
 ) -> list[ResponseScores]:
@@ -90,11 +91,13 @@ def score_responses(
 
     ``sequences[b]`` ends with ``response_ids[b]``. ``k`` asks for the model's own top-k ids (student),
     ``ids[b]`` ([R_b, k]) for its log-probs at given ids (teacher). Sequences are right-padded per
-    micro-batch with an attention mask, so padding never changes a real position's logits.
+    micro-batch with an attention mask, so padding never changes a real position's logits. A micro-batch
+    holds ``micro_batch_size`` sequences, or, with ``max_tokens`` (verl's ``use_dynamic_bsz`` budget), as
+    many consecutive ones as fit in ``max_tokens`` padded tokens (a longer sequence goes alone).
     """
     scores: list[ResponseScores] = []
-    for start in range(0, len(sequences), micro_batch_size):
-        batch = [seq.reshape(-1).long() for seq in sequences[start : start + micro_batch_size]]
+    for start, stop in micro_batches([int(seq.numel()) for seq in sequences], micro_batch_size, max_tokens):
+        batch = [seq.reshape(-1).long() for seq in sequences[start:stop]]
         lengths = [int(seq.numel()) for seq in batch]
         device = batch[0].device
         input_ids = torch.full((len(batch), max(lengths)), pad_token_id, dtype=torch.long, device=device)
@@ -115,6 +118,24 @@ def score_responses(
             given = ids[index] if ids is not None else None
             scores.append(_chunked_scores(rows, response, temperature, k, given, chunk_size))
     return scores
+
+
+def micro_batches(lengths: Sequence[int], size: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
+    """(start, stop) of each micro-batch over sequences of ``lengths``, in order: ``size`` sequences each,
+    or with ``max_tokens`` as many as keep (count x longest) within it, at least one."""
+    spans, start = [], 0
+    while start < len(lengths):
+        stop, longest = start + 1, lengths[start]
+        while stop < len(lengths):
+            widest = max(longest, lengths[stop])
+            if max_tokens is None and stop - start >= size:
+                break
+            if max_tokens is not None and (stop + 1 - start) * widest > max_tokens:
+                break
+            stop, longest = stop + 1, widest
+        spans.append((start, stop))
+        start = stop
+    return spans
 
 
 def to_sequence_layout(per_response: Sequence[torch.Tensor], prompt_lengths: Sequence[int]) -> torch.Tensor:

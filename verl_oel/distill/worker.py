@@ -74,8 +74,15 @@ class ConsolidationWorker(ActorRolloutRefWorker):
         return float(self.config.rollout.temperature)
 
     @staticmethod
-    def _micro_batch(training_worker: TrainingWorker) -> int:
-        return training_worker.engine_config.infer_micro_batch_size_per_gpu or DEFAULT_MICRO_BATCH
+    def _micro_batching(training_worker: TrainingWorker) -> dict[str, int | None]:
+        """The pass's micro-batches as verl's own log-prob pass would cut them: by the token budget
+        (``log_prob_max_token_len_per_gpu``) with ``log_prob_use_dynamic_bsz``, else by count."""
+        config = training_worker.engine_config
+        max_tokens = config.infer_max_token_len_per_gpu if config.use_dynamic_bsz else None
+        return {
+            "micro_batch_size": config.infer_micro_batch_size_per_gpu or DEFAULT_MICRO_BATCH,
+            "max_tokens": max_tokens,
+        }
 
     def _score(
         self,
@@ -93,7 +100,7 @@ class ConsolidationWorker(ActorRolloutRefWorker):
                 [seq.to(device) for seq in sequences],
                 [resp.to(device) for resp in responses],
                 self._temperature(),
-                micro_batch_size=self._micro_batch(training_worker),
+                **self._micro_batching(training_worker),
                 chunk_size=self.consolidation.chunk_size,
                 pad_token_id=self.tokenizer.pad_token_id or 0,
                 **kwargs,

@@ -16,6 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, TypeVar
 
+MAX_REASON_BYTES = 128
+"""The longest outcome reason a game may give, in UTF-8 bytes: the extraction prompt shows it, and the
+launch check's bound on that prompt's length (``verl_oel/oel/prompt_bounds.py``) counts on it."""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -23,6 +27,13 @@ class Outcome:
 
     won: bool
     reason: str
+
+    def __post_init__(self) -> None:
+        size = len(self.reason.encode("utf-8"))
+        if size > MAX_REASON_BYTES:
+            raise ValueError(
+                f"an outcome reason of {size} bytes (at most {MAX_REASON_BYTES}): {self.reason[:80]!r}..."
+            )
 
 
 @dataclass(frozen=True)
