@@ -2,7 +2,8 @@
 
 Runs ``oel-cpu-demo`` (OEL) and its ablation recipes (a moving teacher, raw trajectories instead of
 extracted knowledge, knowledge in context only) once per seed with the warmed tiny model, then prints
-the held-out pass rate per round, without knowledge and with the round's knowledge in context, the
+the held-out pass rate per round, without knowledge and with the round's knowledge in the teacher's
+prompt (pi_{r-1}, measured before consolidation), the
 reply's length without knowledge (tokens per turn: a one-word reply is 4, a reply that no longer ends
 runs to the 8-token limit) and the knowledge items the round's model wrote (summed over its streams:
 0 means the round's teacher had nothing to add), as mean ± standard deviation over the seeds (per
@@ -100,8 +101,8 @@ def table(results: dict[str, dict[int, list[RoundResult]]], seeds: list[int]) ->
         f"Held-out pass rate (%), tokens per turn and items written, mean ± sd over seeds {seeds} "
         "(per seed in brackets)",
         "",
-        "| method | round | pass rate without knowledge | with knowledge in context | tokens/turn without "
-        "| items written |",
+        "| method | round | pass rate without knowledge | with knowledge in context (teacher) "
+        "| tokens/turn without | items written |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for recipe, by_seed in results.items():

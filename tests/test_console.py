@@ -133,23 +133,27 @@ def test_every_stage_summary_reads_as_words():
             "pass_rate": [0.5, 0.25],
             "in_context_curve": [0.5],
         },
-        "deployment": {"seconds": 40, "games": 32, "pass_rate": 0.375, "turn_prompts": 90},
-        "evaluation": {
-            "seconds": 20,
-            "pass_rate": 0.5,
-            "tokens_per_turn": 7.0,
-            "pass_rate_with_knowledge": 0.75,
+        "in_context": {
+            "seconds": 10,
+            "pass_rate": 0.75,
+            "tokens_per_turn": 7.5,
+            "model": "/runs/x/rounds/round_000/checkpoint",
         },
+        "deployment": {"seconds": 40, "games": 32, "pass_rate": 0.375, "turn_prompts": 90},
+        "evaluation": {"seconds": 20, "pass_rate": 0.5, "tokens_per_turn": 7.0},
         "checkpoint": {"seconds": 2, "model": "/runs/x/rounds/round_001/checkpoint", "parameters": 2_100_000},
     }
     lines = {
-        stage: stage_line(1, stage, summary, 2, {"extraction": 4, "evaluation": 32})
+        stage: stage_line(1, stage, summary, 2, {"extraction": 4, "in_context": 32, "evaluation": 32})
         for stage, summary in summaries.items()
     }
     assert lines["teacher_refresh"].endswith("teacher = rounds/round_000/checkpoint")
     assert "7 knowledge items in 2 streams, 4 games, pass rate 0.38" in lines["extraction"]
     assert "32 games played, pass rate 0.38, 90 turn prompts saved" in lines["deployment"]
-    assert "pass rate 0.50 on 32 held-out games (0.75 with knowledge)" in lines["evaluation"]
+    assert lines["evaluation"].endswith("pass rate 0.50 on 32 held-out games")
+    assert lines["in_context"].endswith(
+        "pass rate 0.75 with the knowledge, 32 games, teacher rounds/round_000/checkpoint"
+    )
     assert "2.1M parameters, saved rounds/round_001/checkpoint" in lines["checkpoint"]
     assert all(len(line) < 120 for line in lines.values()), lines
 

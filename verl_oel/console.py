@@ -111,9 +111,13 @@ def stage_details(stage: str, summary: Mapping[str, Any], totals: Mapping[str, i
         text = f"pass rate {_rate(summary.get('pass_rate'))}"
         if games:
             text += f" on {games} held-out games"
-        if "pass_rate_with_knowledge" in summary:
-            text += f" ({_rate(summary['pass_rate_with_knowledge'])} with knowledge)"
         return text
+    if stage == "in_context":
+        games = totals.get("in_context")
+        text = f"pass rate {_rate(summary.get('pass_rate'))} with the knowledge"
+        if games:
+            text += f", {games} games"
+        return text + f", teacher {_short_path(summary.get('model', '?'))}"
     if stage == "extraction":
         games = totals.get("extraction")
         played = f", {games} games" if games else ""
@@ -198,6 +202,7 @@ class ProgressThrottle:
 
 STAGE_UNITS = {
     "extraction": "games",
+    "in_context": "games",
     "deployment": "games",
     "consolidation": "steps",
     "evaluation": "games",
@@ -228,6 +233,7 @@ def stage_totals(oel: Mapping[str, Any]) -> dict[str, int]:
     loop = OELConfig.from_mapping(dict(oel))
     return {
         "extraction": loop.extraction.num_streams * loop.extraction.games_per_stream,
+        "in_context": loop.evaluation.games,
         "deployment": loop.deployment.games,
         "consolidation": loop.consolidation_steps,
         "evaluation": loop.evaluation.games,

@@ -4,10 +4,16 @@ The warmed tiny model has never been trained on the held-out family's rule, so w
 at chance (1 in 4; measured 19-22 %, 6-7 of 32 games, at seed 0; 94 % after one round). One OEL round (it
 extracts the rule from its own games, then consolidates that knowledge into its weights) must lift its
 pass rate WITHOUT knowledge by at least 30 points. Any regression in the pipeline (teacher alignment,
-the loss's sign, the teacher refresh, knowledge injection) breaks that.
+the loss's sign, knowledge injection) breaks that. Two controls, one launch each: without consolidation
+nothing is learned (and no knowledge leaks into the evaluation without it), and "with knowledge in
+context" is the teacher's score even when consolidation wrecks the student. (A teacher refresh that does
+nothing is caught by the 2-round run, ``test_oel_run_cpu.py``, which compares the round-2 teacher's
+weights with round 1's checkpoint.)
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from oel_testing import run_verl_oel
@@ -20,23 +26,30 @@ pytestmark = [pytest.mark.verl, pytest.mark.warm_model]
 MIN_GAIN = 0.30
 
 
-def test_one_round_of_oel_lifts_the_pass_rate_without_knowledge_by_30_points(tmp_path, warm_model_dir):
+def _one_round(tmp_path, warm_model_dir, recipe: str, *overrides: str):
+    """One round of ``recipe`` from the warmed model: (base eval, round-1 eval, round 1's stage markers)."""
     run_dir = tmp_path / "run"
     proc = run_verl_oel(
         [
             "train",
             "--config-name",
-            "oel-cpu-demo",
+            recipe,
             f"actor_rollout_ref.model.path={warm_model_dir}",
             f"trainer.default_local_dir={run_dir}",
             "oel.rounds=1",
+            *overrides,
         ],
         timeout=1500,
     )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     layout = RunLayout(run_dir.resolve())
     base, trained = (load_round_eval(layout.eval_json(r)) for r in (0, 1))
-    extraction = read_stage_markers(layout, 1)["extraction"]["summary"]
+    return base, trained, read_stage_markers(layout, 1)
+
+
+def test_one_round_of_oel_lifts_the_pass_rate_without_knowledge_by_30_points(tmp_path, warm_model_dir):
+    base, trained, markers = _one_round(tmp_path, warm_model_dir, "oel-cpu-demo")
+    extraction = markers["extraction"]["summary"]
     report = (
         f"base {base.pass_rate_no_knowledge:.2f}, after round 1 {trained.pass_rate_no_knowledge:.2f} "
         f"(with knowledge in context {trained.pass_rate_with_knowledge}), items {extraction['items']}"
@@ -44,3 +57,33 @@ def test_one_round_of_oel_lifts_the_pass_rate_without_knowledge_by_30_points(tmp
     assert sum(extraction["items"]) > 0, report  # the model wrote knowledge from its own games
     assert trained.pass_rate_with_knowledge > base.pass_rate_no_knowledge + MIN_GAIN, report
     assert trained.pass_rate_no_knowledge >= base.pass_rate_no_knowledge + MIN_GAIN, report
+
+
+def test_without_consolidation_nothing_is_learned_and_no_knowledge_leaks(tmp_path, warm_model_dir):
+    """The control (oel-cpu-demo-in-context: consolidation_steps 0). The round keeps the base model, so its
+    evaluation without knowledge plays the base's games with the base's weights and seeds: the same pass
+    rate exactly, unless knowledge leaks into that evaluation (it would then win like the teacher does).
+    The gain of the learning test above is therefore the consolidation's."""
+    base, round_1, markers = _one_round(tmp_path, warm_model_dir, "oel-cpu-demo-in-context")
+    assert "consolidation" not in markers and sum(markers["extraction"]["summary"]["items"]) > 0
+    assert round_1.pass_rate_no_knowledge == base.pass_rate_no_knowledge, (base, round_1)
+    assert round_1.pass_rate_with_knowledge > base.pass_rate_no_knowledge + MIN_GAIN, (base, round_1)
+
+
+def test_with_knowledge_in_context_is_the_teachers_score_not_the_consolidated_models(
+    tmp_path, warm_model_dir
+):
+    """A learning rate of 0.5 wrecks pi_1 (measured: see below), while the teacher, pi_0 with the rule in
+    its prompt, wins ~all games: "with knowledge in context" must read the teacher's score. (Measured
+    after consolidation, as it once was, it read pi_1's.)"""
+    base, trained, markers = _one_round(
+        tmp_path, warm_model_dir, "oel-cpu-demo", "actor_rollout_ref.actor.optim.lr=0.5"
+    )
+    in_context = markers["in_context"]["summary"]
+    assert in_context["model"] == str(warm_model_dir.resolve())  # played by pi_0, the round's teacher
+    assert trained.pass_rate_with_knowledge == in_context["pass_rate"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    (round_1,) = [entry for entry in report["rounds"] if entry["round"] == 1]
+    assert round_1["eval"]["pass_rate_with_knowledge"] == in_context["pass_rate"]
+    assert trained.pass_rate_no_knowledge < base.pass_rate_no_knowledge, (base, trained)  # wrecked
+    assert trained.pass_rate_with_knowledge > base.pass_rate_no_knowledge + MIN_GAIN, (base, trained)

@@ -84,11 +84,11 @@ def test_report_tables_every_round_with_its_numbers(tmp_path):
     assert "| 3 | not started | – | – | – | – | – | – |" in markdown
     assert "- round 1: 0 games 7.5%, 16 games 12.5%" in markdown
     assert (
-        "| round | teacher_refresh | extraction | deployment | consolidation | evaluation | checkpoint |"
-        in markdown
+        "| round | teacher_refresh | extraction | in_context | deployment | consolidation | evaluation | "
+        "checkpoint |" in markdown
     )
-    assert "| 0 | – | – | – | – | 1.5 | – |" in markdown  # stage minutes, in execution order
-    assert "| 1 | 1.5 | 1.5 | 1.5 | 1.5 | 1.5 | 1.5 |" in markdown
+    assert "| 0 | – | – | – | – | – | 1.5 | – |" in markdown  # stage minutes, in execution order
+    assert "| 1 | 1.5 | 1.5 | 1.5 | 1.5 | 1.5 | 1.5 | 1.5 |" in markdown
 
     report = json.loads(paths.json.read_text())
     assert report == collect(run_dir)

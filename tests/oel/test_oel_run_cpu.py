@@ -1,5 +1,10 @@
 """``verl-oel train --config-name oel_cpu_tiny``: two whole OEL rounds in one verl launch on CPU, and the
-same run killed (SIGKILL) inside extraction and inside consolidation, resumed each time.
+same run killed (SIGKILL) inside extraction, between consolidation and checkpoint, and inside
+consolidation, resumed each time.
+
+The random tiny model writes no knowledge items, so these runs keep each game's raw record as the knowledge
+(``oel.extraction.knowledge_source=trajectories``, the ablation's setting): every stream then holds text,
+the teacher reads a prompt other than the student's and consolidation follows a real gradient.
 
 One uninterrupted run is the reference for every test here (module fixture): every artefact of both rounds
 is checked on it, its extraction stage is checked as the standalone extraction launcher's test did (same
@@ -33,6 +38,15 @@ pytestmark = pytest.mark.verl
 
 RUN_TIMEOUT = 1200
 
+# Knowledge that is never empty (see the module docstring): two raw 3-turn FrozenLake records (up to ~330
+# tokens each) fit a stream, and the lengths make room for them.
+KNOWLEDGE = [
+    "oel.extraction.knowledge_source=trajectories",
+    "oel.extraction.budget_tokens=768",
+    "oel.max_knowledge_length=832",
+    "actor_rollout_ref.rollout.max_model_len=2432",
+]
+
 
 def train_command(model: Path, run_dir: Path) -> list[str]:
     return [
@@ -44,6 +58,7 @@ def train_command(model: Path, run_dir: Path) -> list[str]:
         "oel_cpu_tiny",
         f"actor_rollout_ref.model.path={model}",
         f"trainer.default_local_dir={run_dir}",
+        *KNOWLEDGE,
     ]
 
 
@@ -126,6 +141,7 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
         for index in range(2):
             stream = load_stream(stream_path(layout.knowledge_root(round), round, index))
             assert (stream.round, stream.index) == (round, index)
+            assert stream.items and all(item.text.startswith("## Game record") for item in stream.items)
         prompts = pd.read_parquet(layout.deployment_dir(round) / "prompts.parquet")
         assert len(prompts) == markers["deployment"]["summary"]["turn_prompts"] >= 4
         assert len(list((layout.deployment_dir(round) / "episodes").glob("episode_*.json"))) == 4
@@ -143,7 +159,11 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
         evaluation = load_round_eval(layout.eval_json(round))
         assert evaluation.num_games == 4 and evaluation.consolidation.steps == 2
         assert evaluation.knowledge_items == sum(markers["extraction"]["summary"]["items"])
-        assert evaluation.pass_rate_with_knowledge is not None
+        # "With knowledge in context" is the in_context stage's: the teacher's, played before consolidation.
+        assert evaluation.pass_rate_with_knowledge == markers["in_context"]["summary"]["pass_rate"]
+        assert markers["in_context"]["summary"]["model"] == markers["teacher_refresh"]["summary"]["teacher"]
+        # The teacher reads the knowledge, the student does not: the first step's KL is far from round-off.
+        assert markers["consolidation"]["summary"]["kl"][0] > 1e-3
 
     # Round 1's teacher holds the base weights; round 2's holds round 1's final model, not the base.
     _, base = verify_hf_folder(tiny_model_dir)
@@ -163,9 +183,7 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
     assert (reference_run / "report.md").is_file() and (reference_run / "report.png").stat().st_size > 0
 
 
-def test_a_run_killed_in_extraction_and_in_consolidation_resumes_to_the_same_result(
-    reference_run, tiny_model_dir
-):
+def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(reference_run, tiny_model_dir):
     run_dir = reference_run.parent / "killed"
     layout = RunLayout(run_dir.resolve())
 
@@ -177,6 +195,9 @@ def test_a_run_killed_in_extraction_and_in_consolidation_resumes_to_the_same_res
         started_not_done(
             1, "extraction", lambda: any((layout.knowledge_root(1) / "accumulated").rglob("*.json"))
         ),
+        # Consolidated, not yet checkpointed: round 1's evaluation is playing pi_1, which exists only as
+        # consolidation's HF folder; the resumed launch must start from that folder, not from pi_0.
+        started_not_done(1, "evaluation", lambda: _done(layout, 1, "consolidation")),
         # (A kill between rounds, once round 1's checkpoint is marked, resumes from the same checkpoint as
         # the next one, so it adds a verl launch and no new path.)
         # Inside consolidation: round 2's consolidation has trained (verl logged its first step, step 3).

@@ -61,11 +61,12 @@ def test_killed_stage_runs_again_and_its_leftovers_go_but_nothing_else(tmp_path)
             "consolidation",
             "deployment",
             "evaluation",
+            "in_context",
             "knowledge",
             "stages.json",
             "teacher",
         ]
-        for stage in ("teacher_refresh", "extraction", "deployment", "consolidation"):
+        for stage in ("teacher_refresh", "extraction", "in_context", "deployment", "consolidation"):
             assert (resumed.layout.stage_dir(1, stage) / "output.txt").exists()
         assert (resumed.layout.stage_dir(0, "evaluation") / "output.txt").exists()
         # Finished stages are neither rerun nor emptied.
@@ -158,7 +159,11 @@ def test_each_round_starts_from_the_previous_rounds_saved_model(tmp_path):
 def test_knowledge_in_context_only_runs_never_train(tmp_path):
     spec = make_spec(skip_stages=("teacher_refresh", "deployment", "consolidation", "checkpoint"))
     with RunState.open(tmp_path / "run", spec) as state:
-        assert [stage for round, stage in state.plan() if round == 1] == ["extraction", "evaluation"]
+        assert [stage for round, stage in state.plan() if round == 1] == [
+            "extraction",
+            "in_context",
+            "evaluation",
+        ]
         finish(state)
         assert state.previous_model(2) == "/models/base"
 

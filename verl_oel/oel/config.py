@@ -17,7 +17,7 @@ from typing import Any
 
 from verl_oel.distill.config import ConsolidationConfig, ConsolidationConfigError
 from verl_oel.oel.extraction_stage import ExtractionConfig
-from verl_oel.oel.run_state import CHECKPOINT, CONSOLIDATION, DEPLOYMENT, TEACHER_REFRESH
+from verl_oel.oel.run_state import CHECKPOINT, CONSOLIDATION, DEPLOYMENT, IN_CONTEXT, TEACHER_REFRESH
 
 TRAINER_MODE = "oel"
 """verl's v1 trainer mode that runs the loop (``verl_oel.oel.trainer.OELTrainer``)."""
@@ -56,7 +56,8 @@ class EvaluationConfig:
 
     games: int = 128
     seed: int = 0
-    # Also play the held-out games with the round's knowledge in context (the teacher's setting).
+    # Also play the held-out games with the round's knowledge in context, by the round's teacher pi_{r-1}
+    # (the ``in_context`` stage, before consolidation).
     with_knowledge: bool = True
 
 
@@ -80,10 +81,12 @@ class OELConfig:
     @property
     def skip_stages(self) -> tuple[str, ...]:
         """``consolidation_steps: 0`` is the "knowledge in context only" ablation: rounds extract and
-        evaluate, nothing is deployed, trained or saved, and every round keeps the base model."""
+        evaluate, nothing is deployed, trained or saved, and every round keeps the base model.
+        ``evaluation.with_knowledge: false`` skips the teacher's evaluation with the knowledge in context."""
+        skipped = () if self.evaluation.with_knowledge else (IN_CONTEXT,)
         if self.consolidation_steps == 0:
-            return (TEACHER_REFRESH, DEPLOYMENT, CONSOLIDATION, CHECKPOINT)
-        return ()
+            skipped += (TEACHER_REFRESH, DEPLOYMENT, CONSOLIDATION, CHECKPOINT)
+        return skipped
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any]) -> OELConfig:

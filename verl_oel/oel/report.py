@@ -170,7 +170,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "status",
         "games",
         "pass rate, no knowledge",
-        "with knowledge in context",
+        "with knowledge in context (teacher)",
         "tokens/turn",
         "items",
         "KL first → last (steps)",
@@ -203,7 +203,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "Pass rate without knowledge and tokens/turn are the round's own model (round 0: the base). "
         "With knowledge in context is the round's teacher: the previous round's model with one stream "
-        "of this round's knowledge in its prompt.",
+        "of this round's knowledge in its prompt, measured before consolidation (stage in_context) on the "
+        "same held-out games.",
         "",
     ]
     problems = [entry for entry in rounds if entry["problem"]]

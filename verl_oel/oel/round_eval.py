@@ -3,7 +3,7 @@
 ``eval.json`` (one per round, written by the evaluation stage with ``save_round_eval``)::
 
     {
-      "format_version": 1,
+      "format_version": 2,
       "round": 1,                              # 0 = the base model
       "num_games": 128,                        # held-out games per evaluation
       "pass_rate_no_knowledge": 0.214,         # fraction in [0, 1]: the round's model pi_r, no knowledge

@@ -19,6 +19,8 @@ Layout of ``RUN_DIR``::
         teacher/                teacher_refresh outputs
         knowledge/              extraction outputs; the knowledge room's root, so the streams
                                 are knowledge/round_{r:03d}/stream_{s:02d}.json (+ .md)
+        in_context/             in-context evaluation work: the held-out games played by the round's
+                                teacher pi_{r-1} with the round's knowledge in its prompt
         deployment/             deployment outputs: the saved per-turn prompts (parquet)
         consolidation/          consolidation work: verl's own checkpoints and logs
         metrics.jsonl           consolidation's step log (verl's file logger), owned by consolidation
@@ -47,18 +49,31 @@ from typing import Any, NamedTuple
 
 from verl_oel.atomic_io import leftover_temporaries, write_text_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Of run.json, stages.json and eval.json. 2: the ``in_context`` stage (a version-1 run's rounds lack it, and
+its eval.json measured "with knowledge in context" on the consolidated model, not the teacher)."""
 
 # The stage names, as written in the run's state file and folder names: spell them through these.
 TEACHER_REFRESH = "teacher_refresh"
 EXTRACTION = "extraction"
+IN_CONTEXT = "in_context"
 DEPLOYMENT = "deployment"
 CONSOLIDATION = "consolidation"
 EVALUATION = "evaluation"
 CHECKPOINT = "checkpoint"
 
-STAGES: tuple[str, ...] = (TEACHER_REFRESH, EXTRACTION, DEPLOYMENT, CONSOLIDATION, EVALUATION, CHECKPOINT)
-"""The stages of rounds 1..R, in the order they run."""
+STAGES: tuple[str, ...] = (
+    TEACHER_REFRESH,
+    EXTRACTION,
+    IN_CONTEXT,
+    DEPLOYMENT,
+    CONSOLIDATION,
+    EVALUATION,
+    CHECKPOINT,
+)
+"""The stages of rounds 1..R, in the order they run. ``in_context`` runs before consolidation, so that
+"with knowledge in context" is measured on the round's teacher (pi_{r-1}), the model the rollout server
+still holds then."""
 
 BASE_ROUND_STAGES: tuple[str, ...] = (EVALUATION,)
 """Round 0 only evaluates the base model, the reference every later round is read against."""
@@ -75,6 +90,7 @@ class StageOutputs:
 STAGE_OUTPUTS: Mapping[str, StageOutputs] = {
     TEACHER_REFRESH: StageOutputs("teacher"),
     EXTRACTION: StageOutputs("knowledge"),
+    IN_CONTEXT: StageOutputs("in_context"),
     DEPLOYMENT: StageOutputs("deployment"),
     CONSOLIDATION: StageOutputs("consolidation", ("metrics.jsonl",)),
     EVALUATION: StageOutputs("evaluation", ("eval.json",)),
@@ -85,6 +101,8 @@ _REQUIRED_BY: Mapping[str, tuple[str, ...]] = {
     # Consolidation distils the teacher (refreshed, with extracted knowledge) on deployment prompts,
     # and its model is only kept through the checkpoint stage.
     CONSOLIDATION: (TEACHER_REFRESH, EXTRACTION, DEPLOYMENT, CHECKPOINT),
+    # The teacher's evaluation reads the round's knowledge.
+    IN_CONTEXT: (EXTRACTION,),
     # A checkpoint without consolidation would copy the previous model under a new name.
     CHECKPOINT: (CONSOLIDATION,),
 }

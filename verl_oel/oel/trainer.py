@@ -59,6 +59,7 @@ from verl_oel.oel.run_state import (
     DEPLOYMENT,
     EVALUATION,
     EXTRACTION,
+    IN_CONTEXT,
     TEACHER_REFRESH,
     RunState,
 )
@@ -116,6 +117,7 @@ class OELTrainer(ConsolidationTrainer):
         stages = {
             TEACHER_REFRESH: self._teacher_refresh,
             EXTRACTION: self._extraction,
+            IN_CONTEXT: self._in_context,
             DEPLOYMENT: self._deployment,
             CONSOLIDATION: self._consolidation,
             EVALUATION: self._evaluation,
@@ -202,9 +204,10 @@ class OELTrainer(ConsolidationTrainer):
 
     # ---------------------------------------------------------------- the stages
 
-    def _evaluate(self, round: int, knowledge: list[str] | None) -> dict[str, float]:
+    def _evaluate(self, round: int, knowledge: list[str] | None, stage: str = EVALUATION) -> dict[str, float]:
+        """The held-out games, played by the model the rollout server holds now."""
         name = "with_knowledge" if knowledge else "no_knowledge"
-        path = self.state.layout.stage_dir(round, EVALUATION) / f"{name}.parquet"
+        path = self.state.layout.stage_dir(round, stage) / f"{name}.parquet"
         metrics = self._play(evaluation_rows(self.loop, knowledge), path)
         source = f"verl_oel/{self.loop.game}"
         return {
@@ -248,6 +251,13 @@ class OELTrainer(ConsolidationTrainer):
             "pass_rate": result.pass_rate,
             "in_context_curve": result.in_context_curve,
         }
+
+    def _in_context(self, round: int) -> dict[str, Any]:
+        """The round's teacher, pi_{r-1}, on the held-out games with the round's knowledge in its prompt:
+        the paper's "knowledge in context" number. It runs before consolidation, while the rollout server
+        still holds pi_{r-1} (also after a resume: the launcher starts an unconsolidated round from it)."""
+        result = self._evaluate(round, self._round_knowledge(round), stage=IN_CONTEXT)
+        return {**result, "model": self.state.previous_model(round)}
 
     def _deployment(self, round: int) -> dict[str, Any]:
         """Fresh games without knowledge; the agent loop saves each episode, then one row per turn prompt."""
@@ -315,16 +325,14 @@ class OELTrainer(ConsolidationTrainer):
         return {"hf_model": str(hf_model), "steps": len(kl), "kl_first": kl[0], "kl_last": kl[-1], "kl": kl}
 
     def _evaluation(self, round: int) -> dict[str, Any]:
-        """pi_r on the held-out games without knowledge and, if asked, with the round's knowledge in context
-        (the teacher's setting, read by the student model)."""
+        """pi_r on the held-out games without knowledge; the round's record joins it with the teacher's
+        in-context result (the ``in_context`` stage) and the extraction's and consolidation's numbers."""
         extraction = self.state.summary(round, EXTRACTION)
         trained = self.state.is_done(round, CONSOLIDATION)
         consolidation = self.state.summary(round, CONSOLIDATION) if trained else None
         result = self._evaluate(round, None)
         with_knowledge = (
-            self._evaluate(round, self._round_knowledge(round))
-            if self.loop.evaluation.with_knowledge
-            else None
+            self.state.summary(round, IN_CONTEXT) if self.loop.evaluation.with_knowledge else None
         )
         curve = extraction["in_context_curve"]
         record = RoundEval(
@@ -345,10 +353,7 @@ class OELTrainer(ConsolidationTrainer):
             else None,
         )
         save_round_eval(self.state.layout, record)
-        summary = {"pass_rate": result["pass_rate"], "tokens_per_turn": result["tokens_per_turn"]}
-        if with_knowledge:
-            summary["pass_rate_with_knowledge"] = with_knowledge["pass_rate"]
-        return summary
+        return {"pass_rate": result["pass_rate"], "tokens_per_turn": result["tokens_per_turn"]}
 
     def _checkpoint(self, round: int) -> dict[str, Any]:
         """Copy pi_r's HF folder beside the checkpoint folder, check transformers loads it, then rename it
