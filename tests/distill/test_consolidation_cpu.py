@@ -171,20 +171,21 @@ def test_two_ranks_follow_the_one_rank_kl_curve_and_reach_the_same_weights(launc
     """Two data-parallel ranks split each batch, score their halves with the teacher and all-reduce the
     gradient; every row samples with its own seed, so both launches train on the same responses. The KL
     curve and the final weights must then be the one rank's, up to float32 round-off in a sum taken in
-    another order. Measured (2026-12-02): KL at most 2.9e-4 apart (relative) over the 8 knowledge steps,
-    final weights 8.8e-6 apart on average against 2.6e-3 moved by training (0.34 %); the bounds are about
-    3 times that. A rank scoring its responses against another rank's teacher rows, or a gradient not
+    another order, which compounds over the steps. Measured in two sessions' runs (2026-12-02): KL at
+    most 2.9e-4 and 1.0e-3 apart (relative) over the 8 knowledge steps, final weights 8.8e-6 and 1.1e-5
+    apart on average against 2.6e-3 moved by training (0.34 %, 0.41 %); the bounds are 5 times the
+    largest seen. A rank scoring its responses against another rank's teacher rows, or a gradient not
     averaged over the ranks, moves them by orders more."""
     one, two = launches("one rank"), launches("two ranks")
     for step in range(2, 2 + KNOWLEDGE_STEPS):
-        assert two.steps[step]["actor/oel/kl"] == pytest.approx(one.steps[step]["actor/oel/kl"], rel=1e-3), (
+        assert two.steps[step]["actor/oel/kl"] == pytest.approx(one.steps[step]["actor/oel/kl"], rel=5e-3), (
             step
         )
     start = load_file(tiny_model_dir / "model.safetensors")
     ones, twos = one.final_weights(), two.final_weights()
     between = torch.cat([(twos[k] - ones[k]).abs().flatten() for k in ones]).mean()
     trained = torch.cat([(ones[k] - start[k]).abs().flatten() for k in ones]).mean()
-    assert between < 1e-2 * trained, (float(between), float(trained))
+    assert between < 2e-2 * trained, (float(between), float(trained))
 
 
 def test_the_launchs_knowledge_is_several_times_the_student_prompt(tiny_model_dir):
