@@ -2,9 +2,10 @@
 same run killed (SIGKILL) inside extraction, between consolidation and checkpoint, and inside
 consolidation, resumed each time.
 
-The random tiny model writes no knowledge items, so these runs keep each game's raw record as the knowledge
-(``oel.extraction.knowledge_source=trajectories``, the ablation's setting): every stream of round 1 then
-holds text, the teacher reads a prompt other than the student's and consolidation follows a real gradient.
+The random tiny model writes no knowledge items, so these streams are empty. (Tried 2026-12-02: raw game
+records as the knowledge give round 1 real knowledge, but round 2's records hold pi_1's replies, and pi_1
+differs by CPU round-off between two runs, so round 2 cannot be compared exactly; left for a recipe whose
+model writes items.)
 
 One uninterrupted run is the reference for every test here (module fixture): every artefact of both rounds
 is checked on it, its extraction stage is checked as the standalone extraction launcher's test did (same
@@ -38,14 +39,6 @@ pytestmark = pytest.mark.verl
 
 RUN_TIMEOUT = 1200
 
-# Knowledge that is never empty (see the module docstring): two raw 3-turn FrozenLake records (up to ~330
-# tokens each) fit a stream, and the lengths make room for them.
-KNOWLEDGE = [
-    "+oel.extraction.knowledge_source=trajectories",
-    "oel.extraction.budget_tokens=768",
-    "oel.max_knowledge_length=832",
-    "actor_rollout_ref.rollout.max_model_len=2432",
-]
 
 
 def train_command(model: Path, run_dir: Path) -> list[str]:
@@ -58,7 +51,6 @@ def train_command(model: Path, run_dir: Path) -> list[str]:
         "oel_cpu_tiny",
         f"actor_rollout_ref.model.path={model}",
         f"trainer.default_local_dir={run_dir}",
-        *KNOWLEDGE,
     ]
 
 
@@ -141,10 +133,6 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
         for index in range(2):
             stream = load_stream(stream_path(layout.knowledge_root(round), round, index))
             assert (stream.round, stream.index) == (round, index)
-            assert all(item.text.startswith("## Game record") for item in stream.items)
-            # Round 1 always holds records; in round 2 the trained random model's replies may put bytes in
-            # a record that the parser drops as non-text, so a stream can end empty there.
-            assert stream.items or round == 2
         prompts = pd.read_parquet(layout.deployment_dir(round) / "prompts.parquet")
         assert len(prompts) == markers["deployment"]["summary"]["turn_prompts"] >= 4
         assert len(list((layout.deployment_dir(round) / "episodes").glob("episode_*.json"))) == 4
@@ -165,9 +153,6 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
         # "With knowledge in context" is the in_context stage's: the teacher's, played before consolidation.
         assert evaluation.pass_rate_with_knowledge == markers["in_context"]["summary"]["pass_rate"]
         assert markers["in_context"]["summary"]["model"] == markers["teacher_refresh"]["summary"]["teacher"]
-        # The teacher reads the knowledge, the student does not: the first step's KL is far from round-off.
-        if round == 1:
-            assert markers["consolidation"]["summary"]["kl"][0] > 1e-3
 
     # Round 1's teacher holds the base weights; round 2's holds round 1's final model, not the base.
     _, base = verify_hf_folder(tiny_model_dir)
