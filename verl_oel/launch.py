@@ -1,8 +1,9 @@
 """Launching a recipe through verl's own entry point (``python -m verl.trainer.main_ppo``).
 
 The recipe is composed and checked here first, so impossible settings fail before Ray starts;
-its ``process_env`` is exported (verl must see ``VERL_PLATFORM`` when it is imported), and the
-shared-memory segments the run leaves behind are removed afterwards.
+its ``process_env`` is exported (verl must see ``VERL_PLATFORM`` when it is imported) with the
+variables that fence its servers (``network.py``), and the shared-memory segments the run leaves
+behind are removed afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from .network import network_env
 from .platform.shm import cleanup_new_shm_segments
 from .recipe_checks import RecipeError, check_recipe, derived_lengths
 from .recipe_loader import compose_recipe, process_env_of, resolve_recipe
@@ -107,7 +109,7 @@ def run_recipe(
     derived = derived_lengths(config)
     for length in derived:
         print(f"verl-oel: {length.key}={length.value} ({length.why}; --dry-run shows the sum)", flush=True)
-    for key, value in process_env_of(config).items():
+    for key, value in {**process_env_of(config), **network_env(config)}.items():
         env.setdefault(key, value)
     env.setdefault("PYTHONUNBUFFERED", "1")  # the driver's own prints reach the log as they happen
     command = verl_command(recipe, [*overrides, *(length.override() for length in derived)])

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
+from .network import check_network
+
 if TYPE_CHECKING:
     from .distill.config import ConsolidationConfig
     from .oel.config import OELConfig
@@ -378,6 +380,7 @@ def check_recipe(config: DictConfig) -> None:
         *_check_data_files(config),
         *_check_platform(config),
         *_check_oel_section(config),
+        *check_network(config),
     ]
     if problems:
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))

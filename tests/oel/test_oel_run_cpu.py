@@ -9,12 +9,15 @@ text, the teacher reads a prompt other than the student's and consolidation foll
 One uninterrupted run is the reference for every test here (module fixture): every artefact of both rounds
 is checked on it, its extraction stage is checked as the standalone extraction launcher's test did (same
 streams and games). What a killed-and-resumed run reproduces, checked here:
-- everything of round 1 up to its first optimizer step, bit for bit against the reference (knowledge,
-  deployment data, the teacher's in-context pass rate, the first step's KL);
-- the rest of round 1 within the measured run-to-run spread of CPU training (KL per step, final weights);
-- round 2 by construction only against itself: its games are played by pi_1, whose weights differ from the
-  reference's by that spread, so its records (the knowledge) are other text. Instead, every stage finished
-  before a kill is kept byte for byte by the resumed launch (never redone), in both rounds.
+- round 1 up to its first optimizer step against the reference: knowledge, deployment data and the
+  teacher's in-context pass rate bit for bit, the first step's KL to float32 round-off (1e-7 relative);
+- the rest of round 1 within the measured run-to-run spread of CPU training (KL per step, final weights,
+  pass rate);
+- round 2 only partly against the reference: its games are played by pi_1, whose weights differ from the
+  reference's by that spread, so its records (the knowledge) may be other text (in the run measured they
+  were both empty: the trained random model's replies hold bytes the parser drops); the test compares its
+  games and its teacher. Every stage finished before a kill is kept byte for byte by the resumed launch
+  (never redone), in both rounds.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import pandas as pd
 import pytest
 import torch
 from oel_testing import REPO_ROOT, read_metrics
+from run_sockets import Listening, SocketWatch
 from safetensors.torch import load_file
 
 from verl_oel.console import console_output_problems
@@ -44,10 +48,12 @@ pytestmark = pytest.mark.verl
 
 RUN_TIMEOUT = 1200
 
-# How far the killed-and-resumed run was seen to be from the uninterrupted one after round 1's first update
-# (see the kill test): the relative difference of the second step's KL, and the mean weight difference as a
-# fraction of the mean weight change of round 1.
-MEASURED_SPREAD = {"kl_rel": 1.0, "weights_rel": 1.0}  # placeholder, set from measured runs below
+# How far the killed-and-resumed run was from the uninterrupted one in round 1, measured 2026-12-02 (one
+# pair of runs, this file): the first step's KL (same model, rows and samples; float32 round-off of the
+# passes only), the second step's KL (after one update, whose float sums differ between two launches),
+# and the mean weight difference as a fraction of the mean weight change of round 1. The kill test's
+# bounds are 10 times these (100 for the first KL, pure round-off), as one pair is all that was measured.
+MEASURED_SPREAD = {"first_kl_rel": 1.1e-7, "kl_rel": 5.2e-4, "weights_rel": 2.6e-3}
 
 # Knowledge that is never empty in round 1 (see the module docstring): two raw 3-turn FrozenLake records (up
 # to ~330 tokens each) fit a stream, and the lengths make room for them.
@@ -127,9 +133,43 @@ def _session_members(session: int) -> list[int]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tiny_model_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("oel") / "reference"
-    console = finish(start_run(tiny_model_dir, run_dir, 0), run_dir, 0)
+    process = start_run(tiny_model_dir, run_dir, 0)
+    # What the run listens on, sampled from its own processes while it runs (its own session).
+    watch = SocketWatch(process.pid, run_dir).start()
+    try:
+        console = finish(process, run_dir, 0)
+    finally:
+        watch.stop()
     (run_dir.parent / "reference.console").write_text(console)
+    (run_dir.parent / "reference.sockets.json").write_text(
+        json.dumps(
+            {
+                "server": watch.server,
+                "answers": watch.answers,
+                "seen": sorted([s.process, s.ip, s.port] for s in watch.seen),
+            }
+        )
+    )
     return run_dir
+
+
+def test_a_single_node_run_listens_on_loopback_only_and_its_server_wants_the_runs_key(reference_run):
+    """Every socket the run's processes listen on (Ray's GCS, raylet, agents and workers, vLLM's HTTP
+    server) is on loopback; the server refuses requests without the run's API key and has no runtime LoRA
+    endpoint (verl_oel/network.py)."""
+    watched = json.loads((reference_run.parent / "reference.sockets.json").read_text())
+    seen = [Listening(ip, port, process) for process, ip, port in watched["seen"]]
+    by_process: dict[str, set[str]] = {}
+    for s in seen:
+        by_process.setdefault(s.process, set()).add(s.ip)
+    print(f"listening: {len(seen)} sockets, {dict(sorted(by_process.items()))}")
+    assert watched["server"], "verl's vLLM server address never appeared in the run's log"
+    host, port = watched["server"].rsplit(":", 1)
+    assert int(port) in {s.port for s in seen}, "the server's socket was never seen: the watch read nothing"
+    assert len(by_process) >= 4, by_process  # gcs_server, raylet, workers, the server at least
+    assert not [s for s in seen if not s.on_loopback], "off loopback"
+    expected = {"models without key": 401, "models with key": 200, "load adapter with key": 404}
+    assert watched["answers"] == expected
 
 
 def test_the_console_shows_one_line_per_stage_and_no_verl_output(reference_run):
@@ -238,8 +278,8 @@ def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(referenc
         assert {path: final.get(path) for path in files} == files, f"kill point {attempt}"
 
     reference = RunLayout(reference_run.resolve())
-    # Round 1, up to its first optimizer step, bit for bit: the same knowledge (raw records, not empty), the
-    # same deployment rows, the teacher's in-context pass rate, the first step's KL.
+    # Round 1, up to its first optimizer step: bit for bit the same knowledge (raw records, not empty), the
+    # same deployment rows and the teacher's in-context pass rate; the first step's KL to float round-off.
     for index in range(2):
         ours, theirs = (load_stream(stream_path(x.knowledge_root(1), 1, index)) for x in (layout, reference))
         assert ours.items and ours.render() == theirs.render()
@@ -248,10 +288,10 @@ def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(referenc
     ours_eval, theirs_eval = (load_round_eval(x.eval_json(1)) for x in (layout, reference))
     assert ours_eval.pass_rate_with_knowledge == theirs_eval.pass_rate_with_knowledge
     kl = [read_stage_markers(x, 1)["consolidation"]["summary"]["kl"] for x in (layout, reference)]
-    assert kl[0][0] == kl[1][0] > 1e-3
+    assert kl[1][0] > 1e-3
+    assert kl[0][0] == pytest.approx(kl[1][0], rel=100 * MEASURED_SPREAD["first_kl_rel"])
     # The rest of round 1 within CPU training's run-to-run spread (two uninterrupted runs differ after the
-    # first update: other thread timings, other float sums). MEASURED_SPREAD below is what the resumed run
-    # was seen to differ by; the bounds are 5 times the largest seen.
+    # first update: other thread timings, other float sums); MEASURED_SPREAD says what was seen.
     kl_rel = abs(kl[0][1] - kl[1][1]) / kl[1][1]
     start_w, ours_w, theirs_w = (
         load_file(folder / "model.safetensors")
@@ -261,8 +301,8 @@ def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(referenc
     by_training = torch.cat([(theirs_w[k] - start_w[k]).abs().flatten() for k in theirs_w]).mean()
     weights_rel = float(between_runs / by_training)
     print(f"resume spread: second KL rel {kl_rel:.3g}, weights {weights_rel:.3g} of round 1's movement")
-    assert kl_rel < 5 * MEASURED_SPREAD["kl_rel"], kl
-    assert weights_rel < 5 * MEASURED_SPREAD["weights_rel"], (float(between_runs), float(by_training))
+    assert kl_rel < 10 * MEASURED_SPREAD["kl_rel"], kl
+    assert weights_rel < 10 * MEASURED_SPREAD["weights_rel"], (float(between_runs), float(by_training))
     assert ours_eval.pass_rate_no_knowledge == theirs_eval.pass_rate_no_knowledge
     # Round 2 plays the same games, from pi_1's checkpoint (not pi_0's weights, not the reference's).
     for index in range(2):
