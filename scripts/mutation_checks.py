@@ -182,6 +182,16 @@ MUTATIONS = [
         ("tests/models/test_warm_model.py::test_the_build_pins_its_float_kernels_whatever_the_callers_are",),
     ),
     Mutation(
+        "single-node-run-on-the-network",
+        "a single-node launch leaves Ray's node address, and so verl's vLLM server, on the machine's address",
+        "verl_oel/network.py",
+        "    if listen_mode(config) == LOOPBACK:\n",
+        "    if False:\n",
+        (
+            "tests/test_network.py::test_auto_is_loopback_on_one_node_and_the_nodes_address_when_others_must_reach_it",
+        ),
+    ),
+    Mutation(
         "actor-loss-without-the-temperature",
         "the update's loss reads the raw logits at temperature 1, as if verl's engine had scaled them",
         "verl_oel/distill/actor_loss.py",

@@ -22,6 +22,9 @@ class Listening:
     ip: str
     port: int
     process: str  # /proc/PID/comm: e.g. gcs_server, raylet, ray::vLLMHttpSe
+    # torch.distributed's rendezvous store of the process's group: its MASTER_PORT (verl sets it per
+    # worker group); torch binds that server to every interface, whatever MASTER_ADDR says.
+    torch_store: bool = False
 
     @property
     def on_loopback(self) -> bool:
@@ -70,20 +73,26 @@ def listening_sockets(session: int) -> set[Listening]:
             links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
         except OSError:  # the process ended, or closed the fd, while we read
             continue
+        master_port = _environment_of(pid).get("MASTER_PORT")
         for link in links:
             if link.startswith("socket:[") and link[8:-1] in by_inode:
-                found.add(Listening(*by_inode[link[8:-1]], process))
+                ip, port = by_inode[link[8:-1]]
+                found.add(Listening(ip, port, process, torch_store=str(port) == master_port))
     return found
+
+
+def _environment_of(pid: int) -> dict[str, str]:
+    try:
+        entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    return dict(entry.decode(errors="replace").split("=", 1) for entry in entries if b"=" in entry)
 
 
 def _environment_value(session: int, name: str) -> str | None:
     for pid in session_members(session):
-        try:
-            for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                if entry.startswith(name.encode() + b"="):
-                    return entry.split(b"=", 1)[1].decode()
-        except OSError:
-            continue
+        if name in (environment := _environment_of(pid)):
+            return environment[name]
     return None
 
 

@@ -17,6 +17,8 @@ the machine's address; with the switch, all of them are on loopback.
 
 Every launch also gets a per-run vLLM API key (``VLLM_API_KEY``, inherited by the local Ray workers,
 never written to a log or a command line): loopback is still reachable by the machine's other users.
+vLLM checks it on ``/v1/*`` only (its SageMaker route ``/invocations`` also serves completions, without
+it), so loopback is the fence and the key a second, partial one.
 verl's own clients do not use HTTP (they call the server's Ray actor), so nothing of verl needs the key.
 Runtime LoRA loading stays off unless the recipe trains LoRA (``actor_rollout_ref.model.lora_rank``),
 verl's only use of it.

@@ -146,7 +146,7 @@ def reference_run(tmp_path_factory, tiny_model_dir) -> Path:
             {
                 "server": watch.server,
                 "answers": watch.answers,
-                "seen": sorted([s.process, s.ip, s.port] for s in watch.seen),
+                "seen": sorted([s.process, s.ip, s.port, s.torch_store] for s in watch.seen),
             }
         )
     )
@@ -155,10 +155,11 @@ def reference_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 def test_a_single_node_run_listens_on_loopback_only_and_its_server_wants_the_runs_key(reference_run):
     """Every socket the run's processes listen on (Ray's GCS, raylet, agents and workers, vLLM's HTTP
-    server) is on loopback; the server refuses requests without the run's API key and has no runtime LoRA
-    endpoint (verl_oel/network.py)."""
+    server and engine) is on loopback but one: torch.distributed's rendezvous store of the FSDP workers,
+    which torch binds to every interface (README "Security"). The server refuses requests without the
+    run's API key and has no runtime LoRA endpoint (verl_oel/network.py)."""
     watched = json.loads((reference_run.parent / "reference.sockets.json").read_text())
-    seen = [Listening(ip, port, process) for process, ip, port in watched["seen"]]
+    seen = [Listening(ip, port, process, store) for process, ip, port, store in watched["seen"]]
     by_process: dict[str, set[str]] = {}
     for s in seen:
         by_process.setdefault(s.process, set()).add(s.ip)
@@ -167,7 +168,8 @@ def test_a_single_node_run_listens_on_loopback_only_and_its_server_wants_the_run
     host, port = watched["server"].rsplit(":", 1)
     assert int(port) in {s.port for s in seen}, "the server's socket was never seen: the watch read nothing"
     assert len(by_process) >= 4, by_process  # gcs_server, raylet, workers, the server at least
-    assert not [s for s in seen if not s.on_loopback], "off loopback"
+    off_loopback = [s for s in seen if not s.on_loopback]
+    assert all(s.torch_store and s.process == "ray::WorkerDict" for s in off_loopback), off_loopback
     expected = {"models without key": 401, "models with key": 200, "load adapter with key": 404}
     assert watched["answers"] == expected
 
