@@ -192,6 +192,14 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "orphan-trainer-marks-stages",
+        "a killed launcher's trainer, still alive for a few seconds, goes on marking stages done",
+        "verl_oel/oel/run_state.py",
+        "            self._lock_handle.check()\n",
+        "            pass\n",
+        ("tests/oel/test_oel_run_state.py::test_an_orphan_trainer_of_a_killed_launcher_changes_nothing",),
+    ),
+    Mutation(
         "actor-loss-without-the-temperature",
         "the update's loss reads the raw logits at temperature 1, as if verl's engine had scaled them",
         "verl_oel/distill/actor_loss.py",

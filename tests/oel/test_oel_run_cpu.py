@@ -244,26 +244,28 @@ def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(referenc
     run_dir = reference_run.parent / "killed"
     layout = RunLayout(run_dir.resolve())
 
-    def started_not_done(round: int, stage: str, ready: Callable[[], bool] = lambda: True):
-        return lambda: layout.stage_dir(round, stage).is_dir() and not _done(layout, round, stage) and ready()
-
     kills = [
         # A training stage: round 1's consolidation has trained on its knowledge (verl logged step 1 of 2).
-        started_not_done(1, "consolidation", lambda: _logged_step(run_dir, 1)),
+        (1, "consolidation", lambda: _logged_step(run_dir, 1)),
         # Consolidated, not yet checkpointed: round 1's evaluation is playing pi_1, which exists only as
         # consolidation's HF folder; the resumed launch must start from that folder, not from pi_0.
-        started_not_done(1, "evaluation", lambda: _done(layout, 1, "consolidation")),
+        (1, "evaluation", lambda: _done(layout, 1, "consolidation")),
         # A validation stage of a later round: round 2's extraction (pi_1, from round 1's checkpoint) has
         # saved a game's knowledge, the stage is not finished.
-        started_not_done(
-            2, "extraction", lambda: any((layout.knowledge_root(2) / "accumulated").rglob("*.json"))
-        ),
+        (2, "extraction", lambda: any((layout.knowledge_root(2) / "accumulated").rglob("*.json"))),
         # (A kill between rounds, once round 1's checkpoint is marked, resumes from the same checkpoint as
         # the last one, so it adds a verl launch and no new path.)
     ]
     finished_at_kill = []
-    for attempt, condition in enumerate(kills):
-        kill_when(start_run(tiny_model_dir, run_dir, attempt), condition, f"kill point {attempt}")
+    for attempt, (round, stage, ready) in enumerate(kills):
+
+        def started_not_done(round=round, stage=stage, ready=ready) -> bool:
+            return layout.stage_dir(round, stage).is_dir() and not _done(layout, round, stage) and ready()
+
+        kill_when(start_run(tiny_model_dir, run_dir, attempt), started_not_done, f"kill point {attempt}")
+        # Once every process of the killed launch is gone, the run is where the kill found it: its trainer
+        # (a Ray worker, which outlives the launcher by seconds) marked nothing more (run_state.py).
+        assert not _done(layout, round, stage), f"kill point {attempt}: {stage} was marked after the kill"
         finished_at_kill.append(_finished_stage_files(layout))
     finish(start_run(tiny_model_dir, run_dir, len(kills)), run_dir, len(kills))
     # Each attempt resumed where the previous one was killed: every launch after the first found work done.

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -14,6 +16,7 @@ from verl_oel.oel import (
     RunState,
     StageOrderError,
 )
+from verl_oel.oel.run_state import LauncherGoneError
 
 CONFIG = {
     "oel": {"loss": "topk_reverse_kl", "k": 256},
@@ -204,3 +207,52 @@ def test_the_trainer_attaches_to_the_run_its_launcher_holds_locked(tmp_path):
             RunState.open(tmp_path / "run", make_spec())
     with pytest.raises(FileNotFoundError, match="run.json"):
         RunState.attach(tmp_path / "elsewhere")
+
+
+def _launcher(run_dir) -> subprocess.Popen:
+    """A launcher in another process: opens the run (takes its lock) and holds it until killed."""
+    code = (
+        "import sys, time\n"
+        "from verl_oel.oel import RunSpec, RunState\n"
+        f"state = RunState.open({str(run_dir)!r}, RunSpec(base_model='/models/base', rounds=2, seed=7, "
+        f"config={CONFIG!r}))\n"
+        "print('open', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "open\n"
+    return process
+
+
+def test_an_orphan_trainer_of_a_killed_launcher_changes_nothing(tmp_path):
+    """A killed launcher's trainer (a Ray worker that outlives it for seconds) must not mark stages: the
+    next launch would find more done than the kill left, or race it. It stops at its next change."""
+    run_dir = tmp_path / "run"
+    launcher = _launcher(run_dir)
+    try:
+        attached = RunState.attach(run_dir)
+        finish(attached, until=NextStage(1, "extraction"))  # its launcher lives: the trainer works
+    finally:
+        launcher.kill()
+        launcher.wait()
+    markers = sorted((run_dir / "rounds").rglob("stages.json"))
+    before = [path.read_text() for path in markers]
+    with pytest.raises(LauncherGoneError, match="no longer holds the run's lock .free."):
+        attached.mark_done(1, "extraction", {})
+    with pytest.raises(LauncherGoneError):
+        attached.stage_dir_for_retry(1, "extraction")
+    assert sorted((run_dir / "rounds").rglob("stages.json")) == markers
+    assert [path.read_text() for path in markers] == before
+
+    # The next launch has taken the lock by the time the orphan tries: still refused (another holder).
+    orphan = attached
+    relaunched = _launcher(run_dir)
+    try:
+        with pytest.raises(LauncherGoneError, match="held by pid"):
+            orphan.mark_done(1, "extraction", {})
+        # The new launcher's own trainer works as usual.
+        finish(RunState.attach(run_dir), until=NextStage(1, "in_context"))
+        assert RunState.attach(run_dir).next_stage() == NextStage(1, "in_context")
+    finally:
+        relaunched.kill()
+        relaunched.wait()

@@ -395,7 +395,7 @@ class RunState:
         layout = RunLayout(Path(run_dir).resolve())
         if not layout.run_json.is_file():
             raise FileNotFoundError(f"{layout.run_json} is missing: open the run with RunState.open first")
-        return cls(layout, read_run_spec(layout), _HELD_BY_LAUNCHER)
+        return cls(layout, read_run_spec(layout), _LauncherLock(layout, _lock_holder(layout)))
 
     def start_model(self) -> str:
         """The model a (re)started run loads: the newest policy its finished stages produced.
@@ -416,7 +416,7 @@ class RunState:
 
     def close(self) -> None:
         """Release the lock (the OS also releases it if the process dies)."""
-        if self._lock_handle is not None and self._lock_handle is not _HELD_BY_LAUNCHER:
+        if self._lock_handle is not None and not isinstance(self._lock_handle, _LauncherLock):
             self._lock_handle.close()
         self._lock_handle = None
 
@@ -523,10 +523,51 @@ class RunState:
     def _require_open(self) -> None:
         if self._lock_handle is None:
             raise RuntimeError("the run state was closed; reopen it to change the run")
+        if isinstance(self._lock_handle, _LauncherLock):
+            self._lock_handle.check()
 
 
-_HELD_BY_LAUNCHER = object()
-"""The lock handle of a run attached to (``RunState.attach``): the launching process holds the lock."""
+class LauncherGoneError(RuntimeError):
+    """An attached trainer whose launcher no longer holds the run's lock: the orphan of a killed launch."""
+
+
+@dataclass(frozen=True)
+class _LauncherLock:
+    """The lock of a run attached to (``RunState.attach``): the launching process holds it.
+
+    A killed launcher takes verl's driver with it, but Ray's workers, the trainer among them, notice only
+    once their raylet is gone: seconds later on a loaded machine, in which they went on finishing and
+    marking stages (seen 2026-12-02: a kill during round 1's evaluation, and the orphan trainer had marked
+    the evaluation and the checkpoint and begun round 2 before it died). So before every change to the
+    run the trainer checks that the lock is still held, by the holder it attached under; otherwise it
+    stops, and the next launch reruns the unmarked stage."""
+
+    layout: RunLayout
+    holder: str
+
+    def check(self) -> None:
+        with open(self.layout.lock_file, "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = True
+            else:
+                held = False  # nobody held it; closing the file releases it again
+        holder = _lock_holder(self.layout)
+        if not held or holder != self.holder:
+            raise LauncherGoneError(
+                f"{self.layout.run_dir}: the launch this trainer belongs to ({self.holder}) no longer "
+                f"holds the run's lock ({'held by ' + holder if held else 'free'}); stopping without "
+                "changing the run"
+            )
+
+
+def _lock_holder(layout: RunLayout) -> str:
+    """Who holds (or last held) the run's lock: the line its holder wrote."""
+    try:
+        return layout.lock_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _acquire_lock(layout: RunLayout) -> Any:
