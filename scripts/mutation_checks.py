@@ -200,6 +200,14 @@ MUTATIONS = [
         ("tests/oel/test_oel_run_state.py::test_an_orphan_trainer_of_a_killed_launcher_changes_nothing",),
     ),
     Mutation(
+        "shm-cleanup-by-name-only",
+        "the shared-memory cleanup matches mappings by name only, deleting a neighbour's new semaphore",
+        "verl_oel/platform/shm.py",
+        "            if (SHM_DIR / name).stat().st_ino in inodes:\n",
+        "            if False:\n",
+        ("tests/platform/test_shm_cleanup.py::test_a_semaphore_another_run_just_created_is_kept",),
+    ),
+    Mutation(
         "actor-loss-without-the-temperature",
         "the update's loss reads the raw logits at temperature 1, as if verl's engine had scaled them",
         "verl_oel/distill/actor_loss.py",

@@ -47,3 +47,28 @@ def test_a_segment_another_live_process_uses_is_kept():
         holder.kill()
         holder.wait()
         (shm.SHM_DIR / name).unlink(missing_ok=True)
+
+
+def test_a_semaphore_another_run_just_created_is_kept():
+    """vLLM's engine creates named multiprocessing semaphores for the processes it spawns; until one of
+    them opens it, only its creator maps it, under glibc's temporary name. A neighbour's cleanup in that
+    window deleted it, and the spawned process died (SemLock._rebuild, FileNotFoundError)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time, multiprocessing as mp; lock = mp.get_context('spawn').Lock();"
+            "print('sem.' + lock._semlock.name.lstrip('/'), flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with shm.cleanup_new_shm_segments(grace_seconds=1.0):
+            name = holder.stdout.readline().strip()
+            time.sleep(0.1)
+        assert name.startswith("sem.mp-") and (shm.SHM_DIR / name).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        (shm.SHM_DIR / name).unlink(missing_ok=True)

@@ -389,9 +389,9 @@ class RunState:
 
         ``verl-oel train`` opens the run (lock, settings check) and then launches verl, whose trainer runs
         in another process: a Ray actor, which cannot share the launcher's lock. The launcher holds the
-        lock for as long as the trainer lives, and dies with it (see ``launch.run_recipe``), so the
-        trainer works on the run under that lock, with the settings run.json recorded.
-        """
+        lock for as long as the trainer lives, so the trainer works on the run under that lock, with the
+        settings run.json recorded. The trainer may outlive a killed launcher by seconds; it then stops at
+        its next change to the run (``LauncherGoneError``) instead of marking stages nobody holds."""
         layout = RunLayout(Path(run_dir).resolve())
         if not layout.run_json.is_file():
             raise FileNotFoundError(f"{layout.run_json} is missing: open the run with RunState.open first")

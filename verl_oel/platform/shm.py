@@ -28,22 +28,37 @@ def _segments() -> set[str]:
 
 
 def segments_in_use() -> set[str]:
-    """Names of /dev/shm entries some live process maps or has open (from /proc)."""
+    """Names of /dev/shm entries some live process maps or has open (from /proc).
+
+    A mapping is matched by inode as well as by name: glibc's ``sem_open`` builds a new semaphore in a
+    temporary file (``sem.XXXXXX``), maps it, links it under its real name and unlinks the temporary, so
+    the process that created ``sem.mp-...`` maps it as ``/dev/shm/sem.XXXXXX (deleted)``. Matched by name
+    only, another run's just-created semaphore looked unused until the process it was made for opened
+    it, and this cleanup deleted it: that process then died in ``SemLock._rebuild`` with
+    FileNotFoundError (seen 2026-12-02, a resume test beside the ablation runs)."""
     prefix = f"{SHM_DIR}/"
-    in_use: set[str] = set()
+    names: set[str] = set()
+    inodes: set[int] = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/maps") as maps:
                 for line in maps:
-                    path = line.rstrip("\n").split(maxsplit=5)[-1]
-                    if path.startswith(prefix):
-                        in_use.add(path[len(prefix) :].removesuffix(" (deleted)"))
+                    fields = line.rstrip("\n").split(maxsplit=5)
+                    if len(fields) == 6 and fields[5].startswith(prefix):
+                        names.add(fields[5][len(prefix) :].removesuffix(" (deleted)"))
+                        inodes.add(int(fields[4]))
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
                     target = os.readlink(f"/proc/{pid}/fd/{fd}")
                     if target.startswith(prefix):
-                        in_use.add(target[len(prefix) :])
+                        names.add(target[len(prefix) :])
+                        inodes.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+    in_use = set(names)
+    for name in _segments() - names:
+        with contextlib.suppress(OSError):
+            if (SHM_DIR / name).stat().st_ino in inodes:
+                in_use.add(name)
     return in_use
 
 
