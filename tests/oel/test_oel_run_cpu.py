@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 import torch
 from oel_testing import REPO_ROOT, read_metrics
-from run_sockets import Listening, SocketWatch
+from run_sockets import Listening, SocketWatch, session_members
 from safetensors.torch import load_file
 
 from verl_oel.console import console_output_problems
@@ -112,22 +112,9 @@ def kill_when(process: subprocess.Popen, condition: Callable[[], bool], what: st
     # Ray puts each worker in its own process group; they exit once their raylet is gone. Wait for that,
     # so the resumed attempt never shares the machine with the killed one.
     deadline = time.monotonic() + 120
-    while survivors := _session_members(process.pid):
+    while survivors := session_members(process.pid):
         assert time.monotonic() < deadline, f"processes of the killed run still alive: {survivors}"
         time.sleep(1)
-
-
-def _session_members(session: int) -> list[int]:
-    """Live (not zombie) processes whose session is ``session`` (field 6 of /proc/PID/stat)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
 
 
 @pytest.fixture(scope="module")
