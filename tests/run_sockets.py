@@ -70,9 +70,15 @@ def listening_sockets(session: int) -> set[Listening]:
     for pid in session_members(session):
         try:
             process = Path(f"/proc/{pid}/comm").read_text().strip()
-            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-        except OSError:  # the process ended, or closed the fd, while we read
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # the process ended while we read
             continue
+        links = []
+        for fd in fds:
+            try:
+                links.append(os.readlink(fd))
+            except OSError:  # closed while we read (the listing's own fd, in this very process)
+                continue
         master_port = _environment_of(pid).get("MASTER_PORT")
         for link in links:
             if link.startswith("socket:[") and link[8:-1] in by_inode:

@@ -84,3 +84,31 @@ def test_rays_node_address_in_a_worker_is_loopback_with_the_switch(switch):
         pytest.skip("this machine routes through loopback only: nothing to compare")
     else:
         assert not address.startswith("127.")
+
+
+def test_the_socket_reader_sees_what_a_process_listens_on_and_where():
+    """tests/run_sockets.py, which the CPU run's check relies on: our own listening sockets, read back
+    from /proc with their addresses (IPv4, IPv6, IPv4-mapped) and loopback told apart."""
+    import socket
+
+    from run_sockets import Listening, listening_sockets
+
+    opened = []
+    for family, address in (
+        (socket.AF_INET, "127.0.0.1"),
+        (socket.AF_INET, "0.0.0.0"),
+        (socket.AF_INET6, "::"),
+    ):
+        server = socket.socket(family, socket.SOCK_STREAM)
+        server.bind((address, 0))
+        server.listen()
+        opened.append((server, address))
+    try:
+        seen = {(s.ip, s.port) for s in listening_sockets(os.getsid(0))}
+        for server, address in opened:
+            assert (address, server.getsockname()[1]) in seen
+    finally:
+        for server, _ in opened:
+            server.close()
+    assert Listening("::ffff:127.0.0.1", 1, "x").on_loopback and Listening("::1", 1, "x").on_loopback
+    assert not Listening("0.0.0.0", 1, "x").on_loopback and not Listening("::", 1, "x").on_loopback
