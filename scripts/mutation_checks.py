@@ -7,8 +7,8 @@ repository and runs the tests that must then fail.
 
 A check passes when its tests FAIL on the broken copy (and the same tests pass on the unbroken one, run
 first). The working tree is never touched. Prints one line per check, then a JSON summary as the last line.
-Only checks whose tests run without verl's real stack are listed: a broken copy cannot reuse the launches
-a suite run shares.
+Checks whose tests launch verl's real stack (marked [verl] by --list: a broken copy cannot reuse the
+launches a suite run shares, so each costs two launches) run only when named or with --verl.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class Mutation:
     old: str
     new: str
     tests: tuple[str, ...]
+    # "verl": its tests launch verl's real stack (minutes each, twice: unbroken, then broken); run only
+    # when named or with --verl.
+    stack: str = "unit"
 
 
 MUTATIONS = [
@@ -208,6 +211,26 @@ MUTATIONS = [
         ("tests/platform/test_shm_cleanup.py::test_a_semaphore_another_run_just_created_is_kept",),
     ),
     Mutation(
+        "eval-cli-drops-the-knowledge",
+        "verl-oel eval --knowledge FILE plays prompts without the knowledge, still reporting with_knowledge",
+        "verl_oel/evaluation.py",
+        "        knowledge=knowledge,\n",
+        '        knowledge="",\n',
+        ("tests/integration/test_verl_games_cpu.py::test_eval_with_knowledge_plays_prompts_that_hold_it",),
+        stack="verl",
+    ),
+    Mutation(
+        "knowledge-leaks-into-the-no-knowledge-evaluation",
+        "the round's evaluation 'without knowledge' plays the held-out games with the round's knowledge",
+        "verl_oel/oel/trainer.py",
+        "if trained else None\n        result = self._evaluate(round, None)\n",
+        "if trained else None\n        result = self._evaluate(round, self._round_knowledge(round))\n",
+        (
+            "tests/oel/test_oel_learns_cpu.py::test_without_consolidation_nothing_is_learned_and_no_knowledge_leaks",
+        ),
+        stack="verl",
+    ),
+    Mutation(
         "actor-loss-without-the-temperature",
         "the update's loss reads the raw logits at temperature 1, as if verl's engine had scaled them",
         "verl_oel/distill/actor_loss.py",
@@ -274,17 +297,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="checks to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the checks and the bug each plants")
+    parser.add_argument("--verl", action="store_true", help="also the checks whose tests launch verl")
     args = parser.parse_args()
     by_name = {m.name: m for m in MUTATIONS}
     if args.list:
         for m in MUTATIONS:
-            print(f"{m.name}: {m.why} ({', '.join(m.tests)})")
+            print(f"{m.name}{' [verl]' if m.stack == 'verl' else ''}: {m.why} ({', '.join(m.tests)})")
         return
     unknown = [n for n in args.names if n not in by_name]
     if unknown:
         raise SystemExit(f"unknown check(s) {unknown}; --list shows them")
     results = []
-    for m in [by_name[n] for n in args.names] or MUTATIONS:
+    default = [m for m in MUTATIONS if args.verl or m.stack == "unit"]
+    for m in [by_name[n] for n in args.names] or default:
         result = run(m)
         results.append(result)
         verdict = "caught" if result["caught"] else "NOT CAUGHT"
