@@ -553,7 +553,8 @@ class _LauncherLock:
                 held = True
             else:
                 held = False  # nobody held it; closing the file releases it again
-        holder = _lock_holder(self.layout)
+            handle.seek(0)
+            holder = handle.read().strip()
         if not held or holder != self.holder:
             raise LauncherGoneError(
                 f"{self.layout.run_dir}: the launch this trainer belongs to ({self.holder}) no longer "

@@ -53,7 +53,6 @@ def segments_in_use() -> set[str]:
                     target = os.readlink(f"/proc/{pid}/fd/{fd}")
                     if target.startswith(prefix):
                         names.add(target[len(prefix) :])
-                        inodes.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
     in_use = set(names)
     for name in _segments() - names:
         with contextlib.suppress(OSError):
