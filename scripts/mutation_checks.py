@@ -185,6 +185,14 @@ MUTATIONS = [
         ("tests/models/test_warm_model.py::test_the_build_pins_its_float_kernels_whatever_the_callers_are",),
     ),
     Mutation(
+        "warm-build-pins-an-intel-only-mkl-branch",
+        "the warm build pins MKL's AVX2 branch, which MKL runs on Intel CPUs only (AUTO elsewhere, silently)",
+        "verl_oel/models/warm/train.py",
+        'PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}\n',
+        'PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"}\n',
+        ("tests/models/test_warm_model.py::test_the_build_pins_its_float_kernels_whatever_the_callers_are",),
+    ),
+    Mutation(
         "single-node-run-on-the-network",
         "a single-node launch leaves Ray's node address, and so verl's vLLM server, on the machine's address",
         "verl_oel/network.py",

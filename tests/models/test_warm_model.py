@@ -29,7 +29,7 @@ from verl_oel.models.warm import (
     play_games,
     rule_item,
 )
-from verl_oel.models.warm.train import PINNED_NUMERICS
+from verl_oel.models.warm.train import MKL_COMPATIBLE_BRANCH, PINNED_NUMERICS
 
 pytestmark = pytest.mark.warm_model
 
@@ -161,9 +161,11 @@ def test_same_seed_gives_byte_identical_weights(tmp_path):
 
 
 def test_the_build_pins_its_float_kernels_whatever_the_callers_are(tmp_path, monkeypatch):
-    """Another CPU picks other float kernels, and 1,150 steps make them another model (measured: see
+    """Another CPU picks other float kernels, and 1,300 steps make them another model (measured: see
     ``PINNED_NUMERICS``). Here the caller's environment asks for ATen's portable kernels and MKL's
-    compatible path, then for the AVX512 ones: the build trains with the pinned AVX2 kernels both times."""
+    compatible branch, then for ATen's AVX512 kernels and MKL's automatic branch: the build trains with
+    the pinned kernels both times (and its process refuses to train unless MKL runs the COMPATIBLE
+    branch, the one MKL runs on every vendor's CPU)."""
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     portable = build_warm_model(tmp_path / "portable", seed=5, spec=SHORT_SPEC)
@@ -190,8 +192,28 @@ for name, tensor in sorted(model.state_dict().items()):
 print(digest.hexdigest())
 """
     digests = {}
-    for capability in ("default", "avx512"):
-        proc = python_in_subprocess(script, env={"ATEN_CPU_CAPABILITY": capability})
+    kernels = {
+        "ATen portable": {"ATEN_CPU_CAPABILITY": "default"},
+        "ATen AVX512": {"ATEN_CPU_CAPABILITY": "avx512"},
+        "ATen AVX2, MKL auto": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AUTO"},
+        "ATen AVX2, MKL compatible": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"},
+    }
+    for name, env in kernels.items():
+        proc = python_in_subprocess(script, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        digests[capability] = proc.stdout.split()[-1]
-    assert digests["default"] != digests["avx512"]
+        digests[name] = proc.stdout.split()[-1]
+    # Each library's choice alone changes the bytes: both need pinning.
+    assert digests["ATen portable"] != digests["ATen AVX512"]
+    assert digests["ATen AVX2, MKL auto"] != digests["ATen AVX2, MKL compatible"]
+
+
+def test_mkl_reports_the_branch_it_runs(python_in_subprocess):
+    """What the build's process checks: MKL reports the branch it really runs, COMPATIBLE when asked
+    for it, and none of its ISA branches would do, since it runs them on Intel CPUs only."""
+    script = "from verl_oel.models.warm.train import mkl_branch; print(mkl_branch())"
+    branches = {}
+    for setting in ("COMPATIBLE", "AUTO"):
+        proc = python_in_subprocess(script, env={"MKL_CBWR": setting})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        branches[setting] = proc.stdout.split()[-1]
+    assert branches == {"COMPATIBLE": str(MKL_COMPATIBLE_BRANCH), "AUTO": "2"}

@@ -39,14 +39,16 @@ The loss is on the reply tokens only (the reply and ``<|im_end|>``, as the loop 
 build is cached like the tiny model's: ``build_info.json`` records a hash of every setting, the seed
 and ``WARM_VERSION``. The same seed gives byte-identical weights (fixed seeds, a fixed number of torch
 threads, deterministic algorithms) and, since the training runs in a child interpreter with pinned
-float kernels (``train.PINNED_NUMERICS``: ATen's AVX2 kernels, MKL's AVX2 reproducibility mode), the
-same bytes on every x86-64 CPU with AVX2 by construction; checked here by asking the caller's
-environment for other kernels (same bytes), not yet by builds on two CPU models. Unpinned, each CPU
-model trained another model: seed 0 built with this AMD EPYC's native kernels failed 4 of the behaviour
-tests in ``tests/models/test_warm_model.py`` and the learning test, where the CI machine's earlier CPU
-had built one that passed them (2026-12-02). A CPU without AVX2 builds with its native kernels, with a
-warning, and records ``"numerics": "native"``. Two threads, the machine's two cores: a build is ~10
-minutes with nothing else running (on a machine shared with other jobs, two threads spin against
+float kernels (``train.PINNED_NUMERICS``: ATen's AVX2 kernels, MKL's COMPATIBLE branch, the one MKL
+runs alike on Intel and other CPUs), the same bytes on every x86-64 CPU with AVX2 by construction;
+checked here by asking the caller's environment for other kernels (same bytes) and by reading the
+branch MKL really runs (the training process refuses any other), not yet by builds on two CPU models.
+Unpinned, each CPU model trained another model, and so did an earlier pin of MKL's Intel-only AVX2
+branch: an AMD EPYC and an Intel Xeon built different models, and the Intel one failed 5 of the
+behaviour tests in ``tests/models/test_warm_model.py`` and the learning test (2026-12-02). A CPU
+without AVX2 builds with its native kernels, with a warning, and records ``"numerics": "native"``.
+Two threads, the machine's two cores: a build is ~17 minutes with nothing else running (MKL's
+COMPATIBLE branch costs it 1.8x) (on a machine shared with other jobs, two threads spin against
 them and can run many times slower; build first, then run).
 """
 

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import platform
 from pathlib import Path
 
 import torch
 
 from verl_oel.models.warm.spec import WarmModelSpec
-from verl_oel.models.warm.train import PINNED_NUMERICS, train_warm_model
+from verl_oel.models.warm.train import MKL_COMPATIBLE_BRANCH, PINNED_NUMERICS, mkl_branch, train_warm_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,11 +32,31 @@ def main(argv: list[str] | None = None) -> None:
         unset = [key for key, value in PINNED_NUMERICS.items() if os.environ.get(key) != value]
         if unset or capability != PINNED_NUMERICS["ATEN_CPU_CAPABILITY"].upper():
             raise SystemExit(f"warm build: numerics not pinned ({unset or 'ATen capability ' + capability})")
+        branch = mkl_branch()
+        if branch not in (None, MKL_COMPATIBLE_BRANCH):
+            raise SystemExit(
+                f"warm build: MKL runs code branch {branch}, not its CPU-independent COMPATIBLE branch "
+                f"({MKL_COMPATIBLE_BRANCH}) (MKL_CBWR={os.environ.get('MKL_CBWR')})"
+            )
     # oneDNN picks its kernels by CPU too; the fp32 build does not need it (measured: same bytes).
     torch.backends.mkldnn.enabled = False
     model, tokenizer = train_warm_model(WarmModelSpec.from_dict(json.loads(args.spec)), args.seed)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
+    # Which bytes this CPU built: the one line to compare when two machines' behaviour tests disagree.
+    weights = hashlib.sha256((args.out / "model.safetensors").read_bytes()).hexdigest()
+    print(f"warm build: seed {args.seed} on {_cpu_model()}, model.safetensors sha256 {weights}", flush=True)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ builds the same bytes."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
@@ -38,7 +39,7 @@ from verl_oel.models.warm.spec import BUILD_THREADS, GAME, WARM_VERSION, WarmMod
 logger = logging.getLogger(__name__)
 
 # The build's float kernels, the same on every x86-64 CPU with AVX2. Unpinned, torch picks them by CPU
-# (ATen's AVX512 or AVX2 vector kernels, MKL's code path for the CPU model) and 1,150 training steps
+# (ATen's AVX512 or AVX2 vector kernels, MKL's code path for the CPU model) and 1,300 training steps
 # amplify the last-bit differences into a different model: seed 0 built natively on an AMD EPYC passed
 # 8 of the 12 behaviour tests of ``tests/models/test_warm_model.py``, where the CI machine's earlier
 # CPU had built one that passed all (2026-12-02). ATen reads ``ATEN_CPU_CAPABILITY`` and MKL its
@@ -46,7 +47,33 @@ logger = logging.getLogger(__name__)
 # training runs in a child interpreter that has them from its start (``_train_in_pinned_process``).
 # AVX2 rather than AVX512: every x86-64 server CPU of the last decade has it, and it costs this build
 # no time (measured: 18.7 s against 17.4 s for a 46-step build; ATen's portable kernels took 34 s).
-PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"}
+# MKL's ``COMPATIBLE`` branch (SSE2 without the approximate rcpps/rsqrtps) because it is the only
+# branch MKL runs on non-Intel CPUs too: it documents its ISA branches (``AVX2``, ...) as Intel-only,
+# and on an AMD EPYC ``MKL_CBWR=AVX2,STRICT`` silently ran the AUTO branch (``mkl_branch()`` read 2),
+# so the AMD and Intel machines that both had the earlier ``AVX2,STRICT`` pin built different models
+# (sha256 eb20e08b... and 5c8c55a0...; the Intel one failed 5 behaviour tests). It costs this build
+# 1.8x (26.5 s against 14.9 s for a 46-step build).
+PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
+
+# ``mkl_cbwr_get(MKL_CBWR_BRANCH)``'s value for the branch above: what the training process checks MKL
+# really runs, since MKL falls back to AUTO (2) without a word for a branch it does not run on a CPU.
+MKL_COMPATIBLE_BRANCH = 3
+
+
+def mkl_branch() -> int | None:
+    """The code branch MKL runs in this process (``mkl_cbwr_get``), or None without MKL.
+
+    torch links MKL statically and exports its service layer's name for it, ``mkl_serv_cbwr_get``.
+    MKL reads ``MKL_CBWR`` when it first runs, so one small product runs first."""
+    if not torch.backends.mkl.is_available():
+        return None
+    library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        getter = ctypes.CDLL(str(library)).mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return None
+    torch.mm(torch.ones(2, 2), torch.ones(2, 2))  # MKL initialises (and reads MKL_CBWR) on first use
+    return int(getter(1))  # 1: MKL_CBWR_BRANCH
 
 
 def _collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
