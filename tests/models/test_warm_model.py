@@ -208,8 +208,8 @@ print(digest.hexdigest())
 
 
 def test_mkl_reports_the_branch_it_runs(python_in_subprocess):
-    """What the build's process checks: MKL reports the branch it really runs, COMPATIBLE when asked
-    for it, and none of its ISA branches would do, since it runs them on Intel CPUs only."""
+    """What the build's process checks: MKL reports the branch it really runs (COMPATIBLE when asked
+    for it, AUTO when asked for AUTO), so a branch it ignored on this CPU cannot pass for pinned."""
     script = "from verl_oel.models.warm.train import mkl_branch; print(mkl_branch())"
     branches = {}
     for setting in ("COMPATIBLE", "AUTO"):

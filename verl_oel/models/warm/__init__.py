@@ -47,8 +47,8 @@ Unpinned, each CPU model trained another model, and so did an earlier pin of MKL
 branch: an AMD EPYC and an Intel Xeon built different models, and the Intel one failed 5 of the
 behaviour tests in ``tests/models/test_warm_model.py`` and the learning test (2026-12-02). A CPU
 without AVX2 builds with its native kernels, with a warning, and records ``"numerics": "native"``.
-Two threads, the machine's two cores: a build is ~17 minutes with nothing else running (MKL's
-COMPATIBLE branch costs it 1.8x) (on a machine shared with other jobs, two threads spin against
+Two threads, the machine's two cores: a build is ~17-20 minutes with nothing else running, MKL's
+COMPATIBLE branch costing it 1.8x (on a machine shared with other jobs, two threads spin against
 them and can run many times slower; build first, then run).
 """
 

@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer.save_pretrained(args.out)
     # Which bytes this CPU built: the one line to compare when two machines' behaviour tests disagree.
     weights = hashlib.sha256((args.out / "model.safetensors").read_bytes()).hexdigest()
-    print(f"warm build: seed {args.seed} on {_cpu_model()}, model.safetensors sha256 {weights}", flush=True)
+    print(
+        f"warm build: seed {args.seed} on {_cpu_model()} (MKL branch {mkl_branch()}), "
+        f"model.safetensors sha256 {weights}",
+        flush=True,
+    )
 
 
 def _cpu_model() -> str:
