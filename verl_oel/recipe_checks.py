@@ -95,6 +95,30 @@ def _check_platform(config: DictConfig) -> list[str]:
     return []
 
 
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _check_compute_dtype(config: DictConfig) -> list[str]:
+    """``fsdp_config.dtype`` must be what the forward really computes in. verl 0.9.1's FSDP engine takes
+    that from ``fsdp_config.mixed_precision.param_dtype`` alone (bf16 when unset) and never reads ``dtype``
+    for it, so a recipe saying float32 without ``mixed_precision`` silently trains and scores in bf16."""
+    problems = []
+    for role in ("actor", "ref"):
+        prefix = f"actor_rollout_ref.{role}.fsdp_config"
+        stated = _select(config, f"{prefix}.dtype")
+        if stated is None:
+            continue
+        set_dtype = _select(config, f"{prefix}.mixed_precision.param_dtype")
+        computed = set_dtype or "bf16"
+        if _DTYPE_NAMES.get(str(stated), str(stated)) != _DTYPE_NAMES.get(str(computed), str(computed)):
+            default = "" if set_dtype else " (unset: verl's default)"
+            problems.append(
+                f"{prefix}.dtype={stated!r} but {prefix}.mixed_precision.param_dtype={computed!r}{default}: "
+                "verl's FSDP engine computes in the latter; set it to the dtype you mean"
+            )
+    return problems
+
+
 def _model_max_positions(config: DictConfig) -> int | None:
     config_json = (
         Path(str(_select(config, "actor_rollout_ref.model.path") or "")).expanduser() / "config.json"
@@ -379,6 +403,7 @@ def check_recipe(config: DictConfig) -> None:
         *_check_lengths(config),
         *_check_data_files(config),
         *_check_platform(config),
+        *_check_compute_dtype(config),
         *_check_oel_section(config),
         *check_network(config),
     ]

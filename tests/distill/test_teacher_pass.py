@@ -24,6 +24,7 @@ from verl_oel.distill.actor_loss import (
 from verl_oel.distill.config import ConsolidationConfig, ConsolidationConfigError
 from verl_oel.distill.teacher import (
     build_teacher_prompt_ids,
+    common_prefix_length,
     micro_batches,
     score_responses,
     to_sequence_layout,
@@ -175,6 +176,123 @@ def test_a_token_budget_changes_the_micro_batches_not_the_scores(tokenizer, mode
             rtol=1e-5,
             atol=1e-5,
         )
+
+
+def stream_batch(tokenizer):
+    """Six teacher rows over two knowledge streams: single-turn and multi-turn prompts (a played turn and
+    the environment's answer before the one to score), each stream's knowledge first in the first user
+    message, so the stream's rows share system message + knowledge and differ after it."""
+    knowledge = {
+        "a": KNOWLEDGE + " Walls never move. " * 12,
+        "b": "- EXPERIENCE ITEM: keys open doors of their own colour. " * 10,
+    }
+    system = {"role": "system", "content": "You play a grid game."}
+    prompts = [
+        [system, {"role": "user", "content": "Game 1. Move."}],
+        [
+            system,
+            {"role": "user", "content": "Game 2. Move."},
+            {"role": "assistant", "content": "[down]"},
+            {"role": "user", "content": "You moved down. Move."},
+        ],
+        [system, {"role": "user", "content": "Game 3, a longer board description. Move."}],
+    ]
+    replies = ["[right]", "[up] then [left]", "[down][down]"]
+    rows = []
+    for stream in ("a", "b"):
+        for messages, reply in zip(prompts, replies, strict=True):
+            teacher_prompt = chat_ids(tokenizer, with_knowledge(messages, knowledge[stream], TEMPLATE))
+            rows.append((stream, teacher_prompt, tokenizer.encode(reply + "<|im_end|>")))
+    return rows
+
+
+class Recorder:
+    """The model, recording each call's input width, logits rows and whether it ran against a cache."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, **inputs):
+        output = self.model(**inputs)
+        cached = inputs.get("past_key_values") is not None
+        self.calls.append((inputs["input_ids"].shape, output.logits.shape[1], cached))
+        return output
+
+
+def test_rows_of_a_stream_share_its_prefix_and_score_as_a_whole_forward(tokenizer, model):
+    """The shared pass runs each stream's common prefix once and only suffixes against it; every score
+    equals a direct one-sequence forward to 1e-5 in fp32, multi-turn prompts included."""
+    batch = stream_batch(tokenizer)
+    sequences = [torch.tensor(prompt + reply) for _, prompt, reply in batch]
+    responses = [torch.tensor(reply) for _, _, reply in batch]
+    ids = [
+        torch.randint(0, len(tokenizer), (r.numel(), 5), generator=torch.Generator().manual_seed(i))
+        for i, r in enumerate(responses)
+    ]
+    recorder = Recorder(model)
+    scores = score_responses(
+        recorder, sequences, responses, TEMPERATURE, ids=ids, k=7, groups=[s for s, _, _ in batch]
+    )
+
+    for score, (_, prompt, reply), given in zip(scores, batch, ids, strict=True):
+        reference = direct_log_probs(model, prompt, reply)
+        torch.testing.assert_close(score.topk_logprobs, reference.gather(-1, given), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            score.sampled_logprobs,
+            reference.gather(-1, torch.tensor(reply)[:, None]).squeeze(-1),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        torch.testing.assert_close(
+            score.entropy, -(reference.exp() * reference).sum(-1), rtol=1e-5, atol=1e-5
+        )
+        assert torch.equal(score.topk_ids, torch.topk(reference, 7, dim=-1).indices)
+
+    # Per stream: one prefix forward (one row, logits of its last position only), then one micro-batch
+    # of its three suffixes against the prefix's cache, its LM head on the response rows only.
+    prefixes = [common_prefix_length([p for s, p, _ in batch if s == stream]) for stream in ("a", "b")]
+    assert all(length > 100 for length in prefixes), prefixes  # the knowledge is in the shared prefix
+    assert [(tuple(shape), rows, cached) for shape, rows, cached in recorder.calls[::2]] == [
+        ((1, length), 1, False) for length in prefixes
+    ]
+    for (shape, rows, cached), length, stream in zip(recorder.calls[1::2], prefixes, ("a", "b"), strict=True):
+        stream_rows = [(p, r) for s, p, r in batch if s == stream]
+        assert cached and shape[0] == 3
+        assert shape[1] == max(len(p) + len(r) for p, r in stream_rows) - length
+        assert rows < shape[1] and rows <= max(len(r) for _, r in stream_rows) + max(
+            len(p) for p, _ in stream_rows
+        ) - min(len(p) for p, _ in stream_rows)
+    assert len(recorder.calls) == 4
+
+
+def test_sharing_leaves_a_prompt_token_to_every_row_and_balances_the_ranks_calls(tokenizer, model):
+    """A row whose whole prompt is the group's common prefix still has the position that predicts its
+    first response token in its suffix; ``balance_calls`` adds one-token forwards up to the ranks'
+    count without changing a score."""
+    _, prompt, reply = stream_batch(tokenizer)[0]
+    rows = [(prompt, reply), (prompt, tokenizer.encode("[left]<|im_end|>")), (prompt + reply, reply)]
+    sequences = [torch.tensor(p + r) for p, r in rows]
+    responses = [torch.tensor(r) for _, r in rows]
+    recorder = Recorder(model)
+    scores = score_responses(
+        recorder, sequences, responses, TEMPERATURE, groups=["a"] * 3, balance_calls=lambda n: n + 3
+    )
+    assert recorder.calls[0][0] == (1, len(prompt) - 1)
+    assert len(recorder.calls) == 2 + 3 and all(shape == (1, 1) for shape, _, _ in recorder.calls[2:])
+    for score, (p, r) in zip(scores, rows, strict=True):
+        reference = direct_log_probs(model, p, r)
+        torch.testing.assert_close(
+            score.sampled_logprobs,
+            reference.gather(-1, torch.tensor(r)[:, None]).squeeze(-1),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+def test_common_prefix_is_counted_in_tokens():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_length([[7, 8], [7, 8]]) == 2
+    assert common_prefix_length([[1], [2]]) == 0 and common_prefix_length([]) == 0
 
 
 def test_sequence_layout_puts_response_row_i_where_verl_reads_it():
@@ -349,5 +467,7 @@ def test_config_names_the_offending_key():
         ConsolidationConfig(loss="full_reverse_kl")
     with pytest.raises(ConsolidationConfigError, match="oel.k=0"):
         ConsolidationConfig(k=0)
+    with pytest.raises(ConsolidationConfigError, match="oel.share_prefix='yes'"):
+        ConsolidationConfig(share_prefix="yes")
     with pytest.raises(ConsolidationConfigError, match="oel.bogus"):
         ConsolidationConfig.from_mapping({"bogus": 1})

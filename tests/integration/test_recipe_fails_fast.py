@@ -84,3 +84,22 @@ def test_dry_run_with_an_option_the_passes_cannot_honour_exits_2_naming_it():
     assert proc.returncode == 2
     assert "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2" in proc.stderr
     assert "lengths and budgets" not in proc.stdout
+
+
+def test_a_float32_recipe_that_would_compute_in_bf16_exits_2_naming_both_keys():
+    """verl's FSDP engine computes in ``fsdp_config.mixed_precision.param_dtype`` (bf16 when unset) and not
+    in ``fsdp_config.dtype``: a CPU recipe's float32 without the former would silently run in bf16."""
+    proc = run_verl_oel(
+        [
+            "train",
+            "--dry-run",
+            "--config-name",
+            "consolidation_cpu",
+            "actor_rollout_ref.ref.fsdp_config.mixed_precision=null",
+        ],
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "actor_rollout_ref.ref.fsdp_config.dtype='float32'" in proc.stderr
+    assert "actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype='bf16' (unset" in proc.stderr
+    assert "actor_rollout_ref.actor.fsdp_config" not in proc.stderr  # the actor's recipe values agree

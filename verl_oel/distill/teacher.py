@@ -13,10 +13,12 @@ holds 0, as do prompt positions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from verl_oel.knowledge.injection import with_knowledge
 
@@ -73,6 +75,73 @@ def _chunked_scores(
     return ResponseScores(torch.cat(sampled_logprobs), torch.cat(entropies), topk_ids, topk_logprobs)
 
 
+class _Plan(NamedTuple):
+    """One group of rows that share a token prefix, and the micro-batches of its suffixes."""
+
+    rows: list[int]  # indices into the caller's sequences, in the caller's order
+    prefix_length: int  # tokens every row shares from the start, run once (0: nothing shared)
+    spans: list[tuple[int, int]]  # micro-batches over ``rows``
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix all ``sequences`` share (0 for none or for an empty list)."""
+    if not sequences:
+        return 0
+    first, length = sequences[0], min(len(seq) for seq in sequences)
+    for seq in sequences[1:]:
+        same = 0
+        while same < length and seq[same] == first[same]:
+            same += 1
+        length = same
+    return length
+
+
+def _plan(
+    sequences: Sequence[list[int]],
+    response_lengths: Sequence[int],
+    groups: Sequence[Hashable] | None,
+    micro_batch_size: int,
+    max_tokens: int | None,
+) -> list[_Plan]:
+    """Rows grouped by ``groups`` key (in order of first appearance), each group's shared prefix, and its
+    micro-batches over the suffixes; without keys, one group that shares nothing. The prefix stops one
+    token short of the group's shortest prompt, so every row's suffix holds the position that predicts
+    its first response token."""
+    if not sequences:
+        return []
+    members: dict[Hashable, list[int]] = {}
+    for index, key in enumerate(groups if groups is not None else [None] * len(sequences)):
+        members.setdefault(key, []).append(index)
+    plans = []
+    for rows in members.values():
+        prefix = 0
+        if groups is not None and len(rows) > 1:
+            shortest_prompt = min(len(sequences[i]) - response_lengths[i] for i in rows)
+            prefix = min(common_prefix_length([sequences[i] for i in rows]), shortest_prompt - 1)
+        suffix_lengths = [len(sequences[i]) - prefix for i in rows]
+        plans.append(_Plan(rows, prefix, micro_batches(suffix_lengths, micro_batch_size, max_tokens)))
+    return plans
+
+
+def _shared_prefix_cache(
+    model: Callable[..., Any], prefix: torch.Tensor
+) -> list[tuple[torch.Tensor, ...]] | None:
+    """The prefix's keys and values per layer ([1, heads, L, dim] each), from one forward that builds the
+    logits of its last position only; None when the model's cache is not a plain full-attention one (a
+    sliding window would drop keys a suffix must see), and the caller then runs the rows whole."""
+    output = model(
+        input_ids=prefix[None],
+        position_ids=torch.arange(prefix.numel(), device=prefix.device)[None],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = getattr(output, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
 @torch.no_grad()
 def score_responses(
     model: Callable[..., Any],
@@ -82,42 +151,106 @@ def score_responses(
     *,
     k: int | None = None,
     ids: Sequence[torch.Tensor] | None = None,
+    groups: Sequence[Hashable] | None = None,
     micro_batch_size: int = 8,
     max_tokens: int | None = None,
     chunk_size: int = 256,
     pad_token_id: int = 0,
+    balance_calls: Callable[[int], int] | None = None,
 ) -> list[ResponseScores]:
     """Forward ``model`` on each full sequence (prompt + response) and score its response tokens.
 
     ``sequences[b]`` ends with ``response_ids[b]``. ``k`` asks for the model's own top-k ids (student),
-    ``ids[b]`` ([R_b, k]) for its log-probs at given ids (teacher). Sequences are right-padded per
-    micro-batch with an attention mask, so padding never changes a real position's logits. A micro-batch
-    holds ``micro_batch_size`` sequences, or, with ``max_tokens`` (verl's ``use_dynamic_bsz`` budget), as
-    many consecutive ones as fit in ``max_tokens`` padded tokens (a longer sequence goes alone).
+    ``ids[b]`` ([R_b, k]) for its log-probs at given ids (teacher).
+
+    Rows with the same ``groups`` key (the teacher's knowledge stream) share their longest common token
+    prefix: it runs once, and each micro-batch of the group runs only its rows' suffixes against its keys
+    and values (positions continue after it), so the knowledge costs one forward per group, not one per
+    row. Without ``groups`` nothing is shared. Suffixes are right-padded per micro-batch: a real position
+    never attends to a later one, so padding never changes its logits. The LM head runs on the response
+    rows only (transformers' ``logits_to_keep``), never on prompt or knowledge positions.
+
+    A micro-batch holds ``micro_batch_size`` rows of a group, or, with ``max_tokens`` (verl's
+    ``use_dynamic_bsz`` budget), as many consecutive ones as fit in ``max_tokens`` padded suffix tokens (a
+    longer one goes alone). ``balance_calls(n)`` gets this rank's number of forward calls and returns the
+    number every rank makes (their maximum): under FSDP each forward gathers the weights with the other
+    ranks, so a rank with fewer calls makes one-token forwards until the counts agree.
     """
-    scores: list[ResponseScores] = []
-    for start, stop in micro_batches([int(seq.numel()) for seq in sequences], micro_batch_size, max_tokens):
-        batch = [seq.reshape(-1).long() for seq in sequences[start:stop]]
-        lengths = [int(seq.numel()) for seq in batch]
-        device = batch[0].device
-        input_ids = torch.full((len(batch), max(lengths)), pad_token_id, dtype=torch.long, device=device)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, seq in enumerate(batch):
-            input_ids[row, : seq.numel()] = seq
-            attention_mask[row, : seq.numel()] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).logits
-        for row, length in enumerate(lengths):
-            index = start + row
-            response = response_ids[index].reshape(-1).long()
-            if not torch.equal(batch[row][length - response.numel() :], response):
-                raise ValueError(f"sequence {index} does not end with its response ids")
-            rows = logits[row, length - response.numel() - 1 : length - 1]
-            given = ids[index] if ids is not None else None
-            scores.append(_chunked_scores(rows, response, temperature, k, given, chunk_size))
-    return scores
+    tokens = [seq.reshape(-1).long() for seq in sequences]
+    responses = [resp.reshape(-1).long() for resp in response_ids]
+    for index, (seq, response) in enumerate(zip(tokens, responses, strict=True)):
+        if seq.numel() <= response.numel() or not torch.equal(
+            seq[seq.numel() - response.numel() :], response
+        ):
+            raise ValueError(f"sequence {index} does not end with its response ids after a prompt")
+    if groups is not None and len(groups) != len(tokens):
+        raise ValueError(f"{len(groups)} group keys for {len(tokens)} sequences")
+    lists = [seq.tolist() for seq in tokens]
+    plans = _plan(lists, [r.numel() for r in responses], groups, micro_batch_size, max_tokens)
+    calls = sum(len(plan.spans) + (plan.prefix_length > 0) for plan in plans)
+    total_calls = balance_calls(calls) if balance_calls is not None else calls
+
+    scores: dict[int, ResponseScores] = {}
+    for plan in plans:
+        prefix, cache = plan.prefix_length, None
+        if prefix:
+            cache = _shared_prefix_cache(model, tokens[plan.rows[0]][:prefix])
+            if cache is None:
+                prefix = 0
+        for start, stop in plan.spans:
+            rows = plan.rows[start:stop]
+            suffixes = [tokens[i][prefix:] for i in rows]
+            width = max(s.numel() for s in suffixes)
+            device = suffixes[0].device
+            input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
+            attention_mask = torch.zeros((len(rows), prefix + width), dtype=torch.long, device=device)
+            attention_mask[:, :prefix] = 1
+            for row, suffix in enumerate(suffixes):
+                input_ids[row, : suffix.numel()] = suffix
+                attention_mask[row, prefix : prefix + suffix.numel()] = 1
+            position_ids = prefix + torch.arange(width, device=device).expand(len(rows), width)
+            # Suffix position of each row's first scored row (the one predicting its first response token)
+            # and one past its last; the LM head runs on the union of those spans.
+            first = [s.numel() - responses[i].numel() - 1 for s, i in zip(suffixes, rows, strict=True)]
+            low, high = min(first), max(s.numel() - 1 for s in suffixes)
+            inputs: dict[str, Any] = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "position_ids": position_ids,
+                "logits_to_keep": torch.arange(low, high, device=device),
+            }
+            if cache is not None:
+                inputs["past_key_values"] = DynamicCache(
+                    ddp_cache_data=[
+                        (keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1))
+                        for keys, values in cache
+                    ]
+                )
+                inputs["use_cache"] = True
+            else:
+                inputs["use_cache"] = False
+            logits = model(**inputs).logits
+            for row, index in enumerate(rows):
+                response = responses[index]
+                offset = first[row] - low
+                given = ids[index] if ids is not None else None
+                scores[index] = _chunked_scores(
+                    logits[row, offset : offset + response.numel()],
+                    response,
+                    temperature,
+                    k,
+                    given,
+                    chunk_size,
+                )
+            del logits, inputs
+        del cache
+    if total_calls > calls:
+        parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+        device = tokens[0].device if tokens else (parameter.device if parameter is not None else None)
+        idle = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
+        for _ in range(total_calls - calls):
+            model(input_ids=idle, use_cache=False, logits_to_keep=1)
+    return [scores[index] for index in range(len(tokens))]
 
 
 def micro_batches(lengths: Sequence[int], size: int, max_tokens: int | None = None) -> list[tuple[int, int]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
@@ -91,9 +92,18 @@ class ConsolidationWorker(ActorRolloutRefWorker):
         responses: list[torch.Tensor],
         **kwargs: Any,
     ) -> list[ResponseScores]:
-        """``score_responses`` with this worker's FSDP module, on its device, in eval mode."""
+        """``score_responses`` with this worker's FSDP module, on its device, in eval mode, making as many
+        forward calls as every other rank (each call all-gathers the FSDP shards with them)."""
         engine = training_worker.engine
         device = get_device_id()
+
+        def balance_calls(calls: int) -> int:
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+                return calls
+            count = torch.tensor([calls], dtype=torch.long, device=device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            return int(count.item())
+
         with engine.eval_mode():
             scores = score_responses(
                 engine.module,
@@ -103,6 +113,7 @@ class ConsolidationWorker(ActorRolloutRefWorker):
                 **self._micro_batching(training_worker),
                 chunk_size=self.consolidation.chunk_size,
                 pad_token_id=self.tokenizer.pad_token_id or 0,
+                balance_calls=balance_calls,
                 **kwargs,
             )
         return [ResponseScores(*(None if t is None else t.cpu() for t in s)) for s in scores]
@@ -119,7 +130,9 @@ class ConsolidationWorker(ActorRolloutRefWorker):
         prompts, responses = _token_lists(data["prompts"]), _token_lists(data["responses"])
         sequences = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
         k = self.consolidation.k if self.consolidation.uses_topk else None
-        scores = self._score(self.actor, sequences, responses, k=k)
+        # One group: the rows' common prompt prefix (system message, game rules) runs once.
+        groups = [0] * len(sequences) if self.consolidation.share_prefix else None
+        scores = self._score(self.actor, sequences, responses, k=k, groups=groups)
         prompt_lengths = [p.numel() for p in prompts]
         fields = {
             "log_probs": to_sequence_layout([s.sampled_logprobs for s in scores], prompt_lengths),
@@ -184,6 +197,10 @@ class ConsolidationWorker(ActorRolloutRefWorker):
         """
         responses = _token_lists(data["responses"])
         teacher_prompts = self.teacher_prompts(data)
+        # Rows of one knowledge stream share system message + knowledge: that prefix runs once per stream.
+        streams = [knowledge or "" for knowledge in tu.get(data, self.consolidation.knowledge_field)]
+        if not self.consolidation.share_prefix:
+            streams = None
         pairs = zip(teacher_prompts, responses, strict=True)
         sequences = [torch.tensor(p + r.tolist(), dtype=torch.long) for p, r in pairs]
         prompt_lengths = [p.numel() for p in _token_lists(data["prompts"])]
@@ -195,7 +212,7 @@ class ConsolidationWorker(ActorRolloutRefWorker):
                     _token_lists(data[TOPK_IDS]), prompt_lengths, responses, strict=True
                 )
             ]
-        scores = self._score(self.ref, sequences, responses, ids=ids)
+        scores = self._score(self.ref, sequences, responses, ids=ids, groups=streams)
         fields = {
             TEACHER_SAMPLED_LOGPROBS: to_sequence_layout(
                 [s.sampled_logprobs for s in scores], prompt_lengths
