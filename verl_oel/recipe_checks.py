@@ -95,7 +95,12 @@ def _check_platform(config: DictConfig) -> list[str]:
     return []
 
 
-_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The spellings verl's ``PrecisionType`` accepts (verl/utils/torch_dtypes.py), without importing torch here.
+_DTYPE_NAMES = {
+    **dict.fromkeys(("16", "fp16", "float16"), "float16"),
+    **dict.fromkeys(("32", "fp32", "float32"), "float32"),
+    **dict.fromkeys(("bf16", "bfloat16"), "bfloat16"),
+}
 
 
 def _check_compute_dtype(config: DictConfig) -> list[str]:
@@ -110,7 +115,7 @@ def _check_compute_dtype(config: DictConfig) -> list[str]:
             continue
         set_dtype = _select(config, f"{prefix}.mixed_precision.param_dtype")
         computed = set_dtype or "bf16"
-        if _DTYPE_NAMES.get(str(stated), str(stated)) != _DTYPE_NAMES.get(str(computed), str(computed)):
+        if _DTYPE_NAMES.get(str(stated), stated) != _DTYPE_NAMES.get(str(computed), computed):
             default = "" if set_dtype else " (unset: verl's default)"
             problems.append(
                 f"{prefix}.dtype={stated!r} but {prefix}.mixed_precision.param_dtype={computed!r}{default}: "

@@ -196,6 +196,7 @@ def score_responses(
         if prefix:
             cache = _shared_prefix_cache(model, tokens[plan.rows[0]][:prefix])
             if cache is None:
+                # Whole rows in the same spans: the ranks have agreed on the call count already.
                 prefix = 0
         for start, stop in plan.spans:
             rows = plan.rows[start:stop]
