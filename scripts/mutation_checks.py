@@ -249,6 +249,38 @@ MUTATIONS = [
             "test_sampled_token_losses_through_the_actor_path_match_the_direct_formula",
         ),
     ),
+    Mutation(
+        "deployment-games-not-generated-ahead",
+        "the deployment stage's games are not generated ahead (the rollout would compile them)",
+        "verl_oel/oel/stage_data.py",
+        "    elif stage == DEPLOYMENT:\n",
+        '    elif stage == "not-a-stage":\n',
+        (
+            "tests/oel/test_oel_stage_data.py::test_the_games_a_stage_plays_are_read_from_the_rows_it_writes",
+            "tests/oel/test_oel_stage_games.py::"
+            "test_the_unfinished_stages_games_are_generated_ahead_and_a_resume_finds_them",
+        ),
+    ),
+    Mutation(
+        "cached-games-generated-again",
+        "games already on disk are sent to the worker pool again instead of being skipped",
+        "verl_oel/envs/game_generation.py",
+        "            elif game.path.is_file():\n",
+        "            elif False:\n",
+        (
+            "tests/oel/test_oel_stage_games.py::"
+            "test_the_unfinished_stages_games_are_generated_ahead_and_a_resume_finds_them",
+        ),
+    ),
+    Mutation(
+        "a-failed-game-generation-is-skipped",
+        "a game whose generation failed is counted as cached and the stage goes on without it",
+        "verl_oel/envs/game_generation.py",
+        "            return future.result()\n        except Exception as error:",
+        "            return future.result()\n        except Exception:\n            return False, 0.0\n"
+        "        except BaseException as error:",
+        ("tests/envs/test_game_generation.py::test_a_game_that_cannot_be_generated_is_named",),
+    ),
 ]
 
 

@@ -227,3 +227,13 @@ def test_in_bf16_empty_knowledge_gives_a_kl_below_the_floor(launches):
     assert all(torch.tensor(norm).to(torch.bfloat16).item() == norm for norm in norms), norms
     assert abs(steps[1]["actor/oel/kl"]) < 1e-4, steps[1]["actor/oel/kl"]
     assert steps[2]["actor/oel/kl"] > 1e-3  # with knowledge the teacher is another distribution
+
+
+def test_each_phase_logs_the_worker_processs_peak_memory(steps):
+    """``phase_memory.py``: the trainer resets and reads the FSDP worker's peak resident set around each
+    phase; the peak includes the loaded models (> 0), and the rise is the phase's own (>= 0, below it)."""
+    for step in sorted(steps):
+        for phase in ("old_log_prob", "teacher", "update_actor"):
+            peak = steps[step][f"perf/peak_rss_mib/{phase}"]
+            rise = steps[step][f"perf/peak_rss_rise_mib/{phase}"]
+            assert peak > 0 and 0 <= rise < peak, (step, phase, peak, rise)

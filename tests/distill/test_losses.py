@@ -255,6 +255,23 @@ def test_reduction_none_puts_each_token_loss_at_its_position(name):
 
 
 @pytest.mark.parametrize("name", ALL_LOSSES)
+def test_reduction_none_gives_per_token_metrics_whose_token_mean_is_the_mean_metric(name):
+    """verl's update logs the loss's own by-products (entropy, top-k masses) per token: with
+    reduction="none" each metric is [B, T], 0 where masked, and its mean over the mask is the metric of
+    reduction="mean"; nothing needs a second pass over the logits."""
+    student, teacher, mask, tau, sampled = make_case(seed=23)
+    batch = DistillationBatch(student, mask, tau, teacher_logits=teacher, sampled_ids=sampled)
+    _, means = get_cd_loss(name)(batch)
+    _, per_token = get_cd_loss(name)(batch, reduction="none")
+    assert per_token.keys() == means.keys() - {"num_tokens"}
+    assert {"kl", "student_entropy"} <= per_token.keys()
+    for key, values in per_token.items():
+        assert values.shape == mask.shape and not values.requires_grad
+        assert torch.count_nonzero(values[~mask]) == 0
+        torch.testing.assert_close(values[mask].mean(), means[key])
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
 def test_batch_without_response_tokens_is_zero_not_nan(name):
     student, teacher, mask, tau, sampled = make_case(seed=9)
     batch = DistillationBatch(

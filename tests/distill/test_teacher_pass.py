@@ -23,10 +23,12 @@ from verl_oel.distill.actor_loss import (
 )
 from verl_oel.distill.config import ConsolidationConfig, ConsolidationConfigError
 from verl_oel.distill.teacher import (
+    PrefixCache,
     build_teacher_prompt_ids,
     common_prefix_length,
     micro_batches,
     score_responses,
+    to_response_layout,
     to_sequence_layout,
 )
 from verl_oel.knowledge.injection import with_knowledge
@@ -178,6 +180,29 @@ def test_a_token_budget_changes_the_micro_batches_not_the_scores(tokenizer, mode
         )
 
 
+def test_micro_batches_take_rows_of_like_length_together(tokenizer, model):
+    """Rows are cut into micro-batches shortest first, so a short row is not padded to a long one's width;
+    the scores come back in the caller's order."""
+    calls = []
+
+    def counting(**inputs):
+        calls.append(tuple(inputs["input_ids"].shape))
+        return model(**inputs)
+
+    short, long = [1, 2, 3], list(range(4, 40))
+    reply = [41, 42]
+    sequences = [torch.tensor(p + reply) for p in (long, short, long, short)]
+    responses = [torch.tensor(reply)] * 4
+    scores = score_responses(counting, sequences, responses, TEMPERATURE, micro_batch_size=2)
+    assert sorted(calls) == [(2, len(short) + 2), (2, len(long) + 2)]
+    for score, sequence in zip(scores, sequences, strict=True):
+        prompt = sequence[:-2].tolist()
+        reference = direct_log_probs(model, prompt, reply)
+        torch.testing.assert_close(
+            score.sampled_logprobs, reference.gather(-1, torch.tensor(reply)[:, None]).squeeze(-1)
+        )
+
+
 def stream_batch(tokenizer):
     """Six teacher rows over two knowledge streams: single-turn and multi-turn prompts (a played turn and
     the environment's answer before the one to score), each stream's knowledge first in the first user
@@ -265,6 +290,77 @@ def test_rows_of_a_stream_share_its_prefix_and_score_as_a_whole_forward(tokenize
     assert len(recorder.calls) == 4
 
 
+def test_a_kept_prefix_is_not_run_again_and_scores_stay_a_whole_forwards(tokenizer, model):
+    """With a prefix cache (the frozen teacher's, kept across steps) the second call over the same streams
+    makes no prefix forward: only each stream's suffix micro-batch, against the kept keys and values; its
+    scores equal a direct forward to 1e-5, as the first call's do. A call whose rows differ after the
+    stream's knowledge (fewer rows) reuses the entry too."""
+    batch = stream_batch(tokenizer)
+    sequences = [torch.tensor(prompt + reply) for _, prompt, reply in batch]
+    responses = [torch.tensor(reply) for _, _, reply in batch]
+    groups = [s for s, _, _ in batch]
+    cache = PrefixCache(budget_bytes=2**30)
+    recorder = Recorder(model)
+    first = score_responses(
+        recorder, sequences, responses, TEMPERATURE, k=5, groups=groups, prefix_cache=cache
+    )
+    assert [cached for *_, cached in recorder.calls] == [False, True, False, True]
+    assert len(cache) == 2 and (cache.hits, cache.misses) == (0, 2) and cache.bytes > 0
+
+    recorder.calls.clear()
+    second = score_responses(
+        recorder, sequences, responses, TEMPERATURE, k=5, groups=groups, prefix_cache=cache
+    )
+    assert [cached for *_, cached in recorder.calls] == [True, True]
+    assert (cache.hits, cache.misses) == (2, 2)
+    for got, want, (_, prompt, reply) in zip(second, first, batch, strict=True):
+        assert torch.equal(got.topk_ids, want.topk_ids)
+        reference = direct_log_probs(model, prompt, reply)
+        torch.testing.assert_close(
+            got.sampled_logprobs,
+            reference.gather(-1, torch.tensor(reply)[:, None]).squeeze(-1),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+    recorder.calls.clear()
+    two = [0, 2]  # two rows of stream "a", sharing more than all three do
+    score_responses(
+        recorder,
+        [sequences[i] for i in two],
+        [responses[i] for i in two],
+        TEMPERATURE,
+        groups=["a", "a"],
+        prefix_cache=cache,
+    )
+    assert [cached for *_, cached in recorder.calls] == [True] and cache.hits == 3
+
+
+def test_prefix_cache_cuts_an_entry_to_what_rows_share_and_keeps_to_its_budget():
+    """Entries cut to what later rows share; when full, the cache keeps what it holds (streams come round
+    in a fixed order, which would defeat least-recently-used eviction)."""
+
+    def layers(length, value=0.0):
+        return [
+            (torch.full((1, 2, length, 4), value), torch.full((1, 2, length, 4), value)) for _ in range(3)
+        ]
+
+    per_token = 3 * 2 * (2 * 4 * 4)  # layers x (keys, values) x heads x dim x float32 bytes
+    cache = PrefixCache(budget_bytes=25 * per_token)
+    cache.insert(list(range(10)), layers(10))
+    assert cache.lookup(list(range(10)) + [99])[0] == 10  # rows sharing more: the whole entry
+    length, kept = cache.lookup(list(range(6)) + [50, 51, 52])  # sharing 6 of 9 tokens: cut to 6
+    assert length == 6 and kept[0][0].shape[2] == 6 and cache.bytes == 6 * per_token
+    assert cache.lookup(list(range(3)) + [7] * 9) is None  # under half: computed anew, not cut
+    assert cache.lookup(list(range(6)))[0] == 6  # the cut entry stays cut
+    cache.insert([20 + i for i in range(12)], layers(12))
+    cache.insert([40 + i for i in range(10)], layers(10))  # over budget: not kept, the others stay
+    assert len(cache) == 2 and cache.bytes == 18 * per_token
+    assert cache.lookup(list(range(6)))[0] == 6 and cache.lookup([40 + i for i in range(10)]) is None
+    cache.clear()
+    assert len(cache) == 0 and cache.lookup([20, 21]) is None
+
+
 def test_sharing_leaves_a_prompt_token_to_every_row_and_balances_the_ranks_calls(tokenizer, model):
     """A row whose whole prompt is the group's common prefix still has the position that predicts its
     first response token in its suffix; ``balance_calls`` adds one-token forwards up to the ranks'
@@ -326,7 +422,6 @@ def verl_micro_batch(tokenizer, model, knowledge: str, k: int) -> tuple[TensorDi
         TEMPERATURE,
         ids=[s.topk_ids for s in student],
     )
-    lengths = [p.numel() for p in prompts]
     nested = lambda tensors: torch.nested.as_nested_tensor(tensors, layout=torch.jagged)  # noqa: E731
     data = TensorDict(
         {
@@ -334,10 +429,10 @@ def verl_micro_batch(tokenizer, model, knowledge: str, k: int) -> tuple[TensorDi
             "responses": nested(responses),
             "response_mask": nested(masks),
             "input_ids": nested(sequences),
-            TOPK_IDS: to_sequence_layout([s.topk_ids for s in student], lengths),
-            TEACHER_TOPK_LOGPROBS: to_sequence_layout([t.topk_logprobs for t in teacher], lengths),
-            TEACHER_SAMPLED_LOGPROBS: to_sequence_layout([t.sampled_logprobs for t in teacher], lengths),
-            TEACHER_ENTROPY: to_sequence_layout([t.entropy for t in teacher], lengths),
+            TOPK_IDS: to_response_layout([s.topk_ids for s in student], torch.int32),
+            TEACHER_TOPK_LOGPROBS: to_response_layout([t.topk_logprobs for t in teacher]),
+            TEACHER_SAMPLED_LOGPROBS: to_response_layout([t.sampled_logprobs for t in teacher]),
+            TEACHER_ENTROPY: to_response_layout([t.entropy for t in teacher]),
         },
         batch_size=[len(batch)],
     )
@@ -403,6 +498,7 @@ def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(t
     )
 
     per_token, masks = [], []
+    logged = {"student_entropy": [], "teacher_entropy": [], "student_topk_mass": [], "teacher_topk_mass": []}
     for msgs, prompt, response, mask in samples(tokenizer):
         student = direct_log_probs(model, prompt, response)
         teacher_prompt = chat_ids(tokenizer, with_knowledge(msgs, KNOWLEDGE, TEMPLATE))
@@ -411,10 +507,20 @@ def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(t
         p, q = student.gather(-1, ids), teacher.gather(-1, ids)
         per_token.append((p.exp() * (p - q)).sum(-1))
         masks.append(torch.tensor(mask, dtype=torch.bool))
-    expected = torch.cat(per_token)[torch.cat(masks)].mean()
+        logged["student_entropy"].append(-(student.exp() * student).sum(-1))
+        logged["teacher_entropy"].append(-(teacher.exp() * teacher).sum(-1))
+        logged["student_topk_mass"].append(p.exp().sum(-1))
+        logged["teacher_topk_mass"].append(q.exp().sum(-1))
+    model_tokens = torch.cat(masks)
+    expected = torch.cat(per_token)[model_tokens].mean()
     assert loss.item() > 1e-4
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     assert metrics["oel/kl"] == pytest.approx(expected.item(), rel=1e-4)
+    # The logged metrics (the loss's by-products, the teacher pass's entropy) are over model tokens too.
+    for name, values in logged.items():
+        assert metrics[f"oel/{name}"] == pytest.approx(
+            torch.cat(values)[model_tokens].mean().item(), rel=1e-4
+        )
     # Environment tokens (mask 0) are left out of the packed loss positions.
     assert int(packed_loss_mask(data).sum()) == int(sum(sum(m) for *_, m in samples(tokenizer)))
 
@@ -469,5 +575,11 @@ def test_config_names_the_offending_key():
         ConsolidationConfig(k=0)
     with pytest.raises(ConsolidationConfigError, match="oel.share_prefix='yes'"):
         ConsolidationConfig(share_prefix="yes")
+    with pytest.raises(ConsolidationConfigError, match="oel.teacher_prefix_cache_mib=-1"):
+        ConsolidationConfig(teacher_prefix_cache_mib=-1)
+    with pytest.raises(ConsolidationConfigError, match="oel.teacher_prefix_cache_mib=1.5"):
+        ConsolidationConfig(teacher_prefix_cache_mib=1.5)
+    with pytest.raises(ConsolidationConfigError, match="oel.share_prefix=false shares none"):
+        ConsolidationConfig(teacher_prefix_cache_mib=64, share_prefix=False)
     with pytest.raises(ConsolidationConfigError, match="oel.bogus"):
         ConsolidationConfig.from_mapping({"bogus": 1})

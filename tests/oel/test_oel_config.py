@@ -54,3 +54,17 @@ def test_the_whole_section_is_parsed_once_and_a_typo_named_once():
     with pytest.raises(OELConfigError) as error:
         parse_oel_section({**LOOP, "kk": 8, "loss": "nope"})
     assert str(error.value).count("oel.kk") == 1 and "oel.loss='nope'" in str(error.value)
+
+
+def test_game_generation_workers_default_to_the_cores_and_a_bad_count_is_named(monkeypatch):
+    from verl_oel.envs import game_generation
+
+    monkeypatch.setattr(game_generation.os, "sched_getaffinity", lambda pid: set(range(3)), raising=False)
+    assert OELConfig.from_mapping(LOOP).generation_workers == 3
+    monkeypatch.setattr(game_generation.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert OELConfig.from_mapping(LOOP).generation_workers == 8
+    assert OELConfig.from_mapping({**LOOP, "game_generation_workers": 0}).generation_workers == 0
+    assert OELConfig.from_mapping({**LOOP, "game_generation_workers": 12}).generation_workers == 12
+    for bad in (-1, 2.5, True, "4"):
+        with pytest.raises(OELConfigError, match=r"oel\.game_generation_workers=.* must be an integer >= 0"):
+            OELConfig.from_mapping({**LOOP, "game_generation_workers": bad})

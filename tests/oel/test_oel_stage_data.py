@@ -8,7 +8,24 @@ from pathlib import Path
 from verl_oel.agent_loop.replay_loop import AGENT_NAME, SEED_KEY
 from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.oel.config import OELConfig
-from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
+from verl_oel.oel.extraction_stage import extraction_rows, stream_specs
+from verl_oel.oel.run_state import (
+    CHECKPOINT,
+    CONSOLIDATION,
+    DEPLOYMENT,
+    EVALUATION,
+    EXTRACTION,
+    IN_CONTEXT,
+    TEACHER_REFRESH,
+    RunLayout,
+)
+from verl_oel.oel.stage_data import (
+    consolidation_rows,
+    deployment_rows,
+    evaluation_rows,
+    played_episodes,
+    stage_episodes,
+)
 
 LOOP = OELConfig.from_mapping(
     {
@@ -68,3 +85,37 @@ def test_evaluation_plays_the_same_games_and_sampling_seeds_every_time_with_or_w
     assert [replace(s, knowledge="") for s in with_knowledge] == plain
     deployed = {s.seed for r in (1, 2) for s in specs(deployment_rows(LOOP, r, Path("episodes")))}
     assert not deployed & {s.seed for s in plain}
+
+
+def test_the_games_a_stage_plays_are_read_from_the_rows_it_writes(tmp_path):
+    loop = OELConfig.from_mapping(
+        {
+            "rounds": 2,
+            "game": "frozenlake",
+            "game_settings": {"max_turns": 3},
+            "deployment": {"games": 3},
+            "evaluation": {"games": 4},
+            "extraction": {"num_streams": 2, "games_per_stream": 3, "in_context_games": 2},
+        }
+    )
+    layout = RunLayout(tmp_path)
+    held_out = [spec.seed for spec in specs(evaluation_rows(loop))]
+    for round, stage in ((0, EVALUATION), (1, IN_CONTEXT), (2, EVALUATION)):
+        assert [spec.seed for spec in stage_episodes(loop, layout, round, stage)] == held_out
+    deployed = stage_episodes(loop, layout, 2, DEPLOYMENT)
+    rows = deployment_rows(loop, 2, layout.deployment_dir(2) / "episodes")
+    assert deployed == specs(rows) and len(deployed) == 3
+    streams = stream_specs(loop.extraction, 1, layout.knowledge_root(1))
+    extracted = stage_episodes(loop, layout, 1, EXTRACTION)
+    assert extracted == [game for s in streams for game in s.games + s.in_context_games]
+    assert len(extracted) == 2 * (3 + 2)
+    next_round = stage_episodes(loop, layout, 2, EXTRACTION)
+    assert {spec.seed for spec in extracted} != {spec.seed for spec in next_round}
+    assert all(spec.game == "frozenlake" and spec.settings == {"max_turns": 3} for spec in extracted)
+    for stage in (TEACHER_REFRESH, CONSOLIDATION, CHECKPOINT):
+        assert stage_episodes(loop, layout, 1, stage) == []
+    assert not list(tmp_path.iterdir())  # nothing is written
+    # Rows of either kind name their games; consolidation rows replay prompts and name none.
+    one_row_per_all_streams = extraction_rows(streams, concurrent=False)
+    assert played_episodes(one_row_per_all_streams) == extracted
+    assert played_episodes(consolidation_rows(loop, 1, EPISODES, ["A"])) == []

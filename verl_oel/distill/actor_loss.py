@@ -29,29 +29,52 @@ TOPK_IDS = "oel_topk_ids"
 TEACHER_TOPK_LOGPROBS = "oel_teacher_topk_logprobs"
 TEACHER_SAMPLED_LOGPROBS = "oel_teacher_sampled_logprobs"
 TEACHER_ENTROPY = "oel_teacher_entropy"
-"""Per-token batch fields (sequence layout, see ``teacher.py``) written by the student and teacher passes."""
+"""Per-token batch fields written by the student and teacher passes, in the RESPONSE layout of verl's
+``responses`` and ``response_mask`` (row i describes response token i): nothing is stored or sent for
+prompt or knowledge positions. Top-k ids are int32, log-probs and entropy float32."""
+
+LOSS_METRICS = ("student_entropy", "student_topk_mass", "teacher_topk_mass")
+"""The loss's own per-token by-products that the update logs (as ``oel/<name>``), where the loss has them."""
+
+
+def packed_response_positions(data: TensorDict) -> torch.Tensor:
+    """[sum R_b] long: where each response token's prediction sits in the packed sequences.
+
+    Sample b's tokens are packed at offsets o_b .. o_b + P_b + R_b - 1 (prompt then response); the logits
+    at position o_b + P_b + i - 1 predict response token i (verl's sequence layout).
+    """
+    offsets = data["input_ids"].offsets()[:-1].tolist()
+    prompt_lengths = data["prompts"].offsets().diff().tolist()
+    response_lengths = data["response_mask"].offsets().diff().tolist()
+    device = data["response_mask"].values().device
+    return torch.cat(
+        [
+            torch.arange(offset + prompt - 1, offset + prompt - 1 + response, device=device)
+            for offset, prompt, response in zip(offsets, prompt_lengths, response_lengths, strict=True)
+        ]
+    )
 
 
 def packed_loss_mask(data: TensorDict) -> torch.Tensor:
     """[total_tokens] bool over the packed sequences: True where a position predicts a model token.
 
-    Response token i of a sample sits at P + i - 1 (sequence layout); tokens with response_mask 0
-    (environment tokens of multi-turn data, padding) are left out.
+    Tokens with response_mask 0 (environment tokens of multi-turn data, padding) are left out.
     """
-    prompt_lengths = data["prompts"].offsets().diff().tolist()
-    response_masks = data["response_mask"].unbind()
-    parts = []
-    for prompt_length, response_mask in zip(prompt_lengths, response_masks, strict=True):
-        part = torch.zeros(
-            prompt_length + response_mask.numel(), dtype=torch.bool, device=response_mask.device
-        )
-        part[prompt_length - 1 : prompt_length - 1 + response_mask.numel()] = response_mask.bool()
-        parts.append(part)
-    return torch.cat(parts)
+    mask = torch.zeros(
+        data["input_ids"].values().numel(), dtype=torch.bool, device=data["response_mask"].device
+    )
+    mask[packed_response_positions(data)] = data["response_mask"].values().bool()
+    return mask
 
 
-def _packed(data: TensorDict, key: str) -> torch.Tensor | None:
-    return data[key].values().unsqueeze(0) if key in data.keys() else None
+def _packed(data: TensorDict, key: str, positions: torch.Tensor, total: int) -> torch.Tensor | None:
+    """A response-layout field placed at its packed positions ([1, total_tokens, ...], 0 elsewhere)."""
+    if key not in data.keys():
+        return None
+    values = data[key].values()
+    placed = values.new_zeros((total, *values.shape[1:]))
+    placed[positions.to(values.device)] = values
+    return placed.unsqueeze(0)
 
 
 class ConsolidationActorLoss:
@@ -78,35 +101,26 @@ class ConsolidationActorLoss:
     def per_token(self, student_logits: torch.Tensor, data: TensorDict) -> dict[str, torch.Tensor]:
         """Per-token loss and metric sources over the packed tokens ([1, total_tokens] each).
 
-        ``student_logits`` are raw (the engine ran at temperature 1.0); the loss scales them in fp32.
+        ``student_logits`` are raw (the engine ran at temperature 1.0); the loss scales them in fp32. The
+        logged entropy and top-k masses are the loss's own by-products: no second pass over the logits.
         """
+        total = data["input_ids"].values().numel()
+        positions = packed_response_positions(data)
         mask = packed_loss_mask(data).unsqueeze(0)
         sampled_ids = torch.roll(data["input_ids"].values(), shifts=-1).unsqueeze(0)
         batch = DistillationBatch(
             student_logits=student_logits,
             response_mask=mask,
             temperature=self.temperature,
-            topk_ids=_packed(data, TOPK_IDS),
-            teacher_topk_logprobs=_packed(data, TEACHER_TOPK_LOGPROBS),
+            topk_ids=_packed(data, TOPK_IDS, positions, total),
+            teacher_topk_logprobs=_packed(data, TEACHER_TOPK_LOGPROBS, positions, total),
             sampled_ids=sampled_ids,
-            teacher_sampled_logprobs=_packed(data, TEACHER_SAMPLED_LOGPROBS),
+            teacher_sampled_logprobs=_packed(data, TEACHER_SAMPLED_LOGPROBS, positions, total),
         )
-        per_token, _ = self.loss_fn(batch, reduction="none", **self.config.loss_options())
+        per_token, by_products = self.loss_fn(batch, reduction="none", **self.config.loss_options())
         outputs = {"oel_loss": per_token}
-        outputs.update(self._per_token_metric_sources(student_logits, batch))
+        outputs.update({f"oel_{name}": by_products[name] for name in LOSS_METRICS if name in by_products})
         return outputs
-
-    def _per_token_metric_sources(
-        self, student_logits: torch.Tensor, batch: DistillationBatch
-    ) -> dict[str, torch.Tensor]:
-        """Detached per-token entropy and top-k masses, for logging only."""
-        with torch.no_grad():
-            log_probs = torch.log_softmax(student_logits.detach().float() / self.temperature, dim=-1)
-            sources = {"oel_student_entropy": -(log_probs.exp() * log_probs).sum(-1)}
-            if batch.topk_ids is not None:
-                sources["oel_student_topk_mass"] = log_probs.gather(-1, batch.topk_ids.long()).exp().sum(-1)
-                sources["oel_teacher_topk_mass"] = batch.teacher_topk_logprobs.float().exp().sum(-1)
-        return sources
 
     def aggregate(self, model_output: dict, data: TensorDict) -> tuple[torch.Tensor, dict[str, float]]:
         """Token-mean over the global batch (verl's ``agg_loss``), plus detached per-micro-batch metrics."""
@@ -125,16 +139,14 @@ class ConsolidationActorLoss:
             global_batch_size=data["global_batch_size"],
         )
         metrics = {"oel/kl": per_token.detach()[response_mask].mean().item()}
-        sources = dict(model_output)
+        per_token_metrics = {
+            f"oel/{name}": response_padded(model_output[f"oel_{name}"])
+            for name in LOSS_METRICS
+            if f"oel_{name}" in model_output
+        }
         if TEACHER_ENTROPY in data.keys():
-            sources["oel_teacher_entropy"] = data[TEACHER_ENTROPY]
-        for key in (
-            "oel_student_entropy",
-            "oel_teacher_entropy",
-            "oel_student_topk_mass",
-            "oel_teacher_topk_mass",
-        ):
-            if key in sources:
-                values = response_padded(sources[key]).detach()[response_mask]
-                metrics[key.replace("oel_", "oel/")] = values.float().mean().item()
+            # The teacher pass's full-vocabulary entropy, already in the response layout.
+            per_token_metrics["oel/teacher_entropy"] = data[TEACHER_ENTROPY].to_padded_tensor(0.0)
+        for key, values in per_token_metrics.items():
+            metrics[key] = values.detach()[response_mask].float().mean().item()
         return loss, metrics

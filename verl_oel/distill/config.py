@@ -36,6 +36,7 @@ OEL_LOOP_KEYS = frozenset(
         "teacher",
         "evaluation",
         "run_dir",
+        "game_generation_workers",
     }
 )
 """The OEL loop's keys (``verl_oel.oel.config.OELConfig``), which share the one flat ``oel:`` section with
@@ -72,9 +73,27 @@ class ConsolidationConfig:
     # raises the empty-knowledge KL floor (measured 3.5e-5 against 1.6e-7 nats/token on the CPU's bf16
     # path). false: whole sequences, as verl's own forward runs them.
     share_prefix: bool = True
+    # MiB of the teacher's device memory that may keep stream prefixes' keys and values from one step to the
+    # next (the teacher is frozen for a round, so a stream's knowledge prefix reads the same every step):
+    # 0 computes each stream's prefix once per step. Qwen3-4B in bf16 holds ~147 KiB per token, ~1.2 GiB
+    # per 8.4k-token prefix; 10 streams want ~12.5 GiB per rank. Cleared whenever the teacher changes.
+    teacher_prefix_cache_mib: int = 0
 
     def __post_init__(self) -> None:
         problems = []
+        if isinstance(self.teacher_prefix_cache_mib, bool) or not isinstance(
+            self.teacher_prefix_cache_mib, int
+        ):
+            problems.append(
+                f"oel.teacher_prefix_cache_mib={self.teacher_prefix_cache_mib!r} must be an integer"
+            )
+        elif self.teacher_prefix_cache_mib < 0:
+            problems.append(f"oel.teacher_prefix_cache_mib={self.teacher_prefix_cache_mib} must be >= 0")
+        elif self.teacher_prefix_cache_mib and not self.share_prefix:
+            problems.append(
+                f"oel.teacher_prefix_cache_mib={self.teacher_prefix_cache_mib} keeps shared prefixes, but "
+                "oel.share_prefix=false shares none"
+            )
         if not isinstance(self.share_prefix, bool):
             problems.append(f"oel.share_prefix={self.share_prefix!r} must be true or false")
         if not self.poll_interval_s > 0:

@@ -36,8 +36,9 @@ DEFAULT_CHUNK_TOKENS = 256
 CDLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """``loss(batch: DistillationBatch, **options) -> (loss, metrics)``; options come from YAML.
 
-Every loss takes ``chunk_size`` and ``reduction`` ("mean": the scalar token-mean over response tokens;
-"none": per-token values [B, T]); the top-k ones also take ``k``, ``forward_kl`` also ``support``.
+Every loss takes ``chunk_size`` and ``reduction`` ("mean": the scalar token-mean over response tokens
+and token-mean metrics; "none": per-token values [B, T], the metrics too); the top-k ones also take
+``k``, ``forward_kl`` also ``support``.
 """
 
 _CD_LOSSES: dict[str, CDLossFn] = {}
@@ -325,13 +326,20 @@ def _reduce(
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
-def _metrics(rows: torch.Tensor, **per_token: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def _metrics(
+    rows: torch.Tensor, batch: DistillationBatch, reduction: str, **per_token: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     """Detached token-means of the given per-token quantities (absent ones left out), plus the token count.
 
     The count lets a caller that accumulates micro-batches re-weight each micro-batch's token-mean into
-    a token-mean over the whole batch.
+    a token-mean over the whole batch. With ``reduction="none"`` each metric is instead its per-token
+    values as [B, T] (0 where masked), like the loss, and there is no count: a caller that aggregates
+    itself (verl's update) averages them over its own mask, and needs no second pass over the logits.
     """
-    metrics = {name: _token_mean(v.detach(), rows) for name, v in per_token.items() if v is not None}
+    present = {name: v.detach() for name, v in per_token.items() if v is not None}
+    if reduction == "none":
+        return {name: _reduce(v, rows, batch, "none") for name, v in present.items()}
+    metrics = {name: _token_mean(v, rows) for name, v in present.items()}
     metrics["num_tokens"] = torch.tensor(float(rows.numel()), device=rows.device)
     return metrics
 
@@ -379,7 +387,11 @@ def _log_probs_on_support(
 
 
 def _topk_metrics(
-    rows: torch.Tensor, on_support: _SupportLogProbs, per_token: torch.Tensor
+    rows: torch.Tensor,
+    on_support: _SupportLogProbs,
+    per_token: torch.Tensor,
+    batch: DistillationBatch,
+    reduction: str,
 ) -> dict[str, torch.Tensor]:
     """Metrics of a loss on a top-k support; the teacher's entropy is full-vocabulary only when known."""
     student_probs, teacher_probs = on_support.student.exp(), on_support.teacher.exp()
@@ -389,6 +401,8 @@ def _topk_metrics(
         teacher_entropy = {"teacher_entropy_topk": -(teacher_probs * on_support.teacher).sum(-1)}
     return _metrics(
         rows,
+        batch,
+        reduction,
         kl=per_token,
         student_entropy=on_support.student_entropy,
         student_topk_mass=student_probs.sum(-1),
@@ -411,7 +425,14 @@ def _full_vocab_kl(
         chunk_size,
         reverse,
     )
-    metrics = _metrics(rows, kl=per_token, student_entropy=student_entropy, teacher_entropy=teacher_entropy)
+    metrics = _metrics(
+        rows,
+        batch,
+        reduction,
+        kl=per_token,
+        student_entropy=student_entropy,
+        teacher_entropy=teacher_entropy,
+    )
     return _reduce(per_token, rows, batch, reduction), metrics
 
 
@@ -459,7 +480,9 @@ def topk_reverse_kl(
         batch, rows, ids, batch.teacher_topk_logprobs, chunk_size, "topk_reverse_kl"
     )
     per_token = (on_support.student.exp() * (on_support.student - on_support.teacher)).sum(-1)
-    return _reduce(per_token, rows, batch, reduction), _topk_metrics(rows, on_support, per_token)
+    return _reduce(per_token, rows, batch, reduction), _topk_metrics(
+        rows, on_support, per_token, batch, reduction
+    )
 
 
 @register_cd_loss("full_reverse_kl")
@@ -503,7 +526,9 @@ def forward_kl(
         batch, rows, ids, batch.teacher_topk_logprobs, chunk_size, "forward_kl"
     )
     per_token = (on_support.teacher.exp() * (on_support.teacher - on_support.student)).sum(-1)
-    return _reduce(per_token, rows, batch, reduction), _topk_metrics(rows, on_support, per_token)
+    return _reduce(per_token, rows, batch, reduction), _topk_metrics(
+        rows, on_support, per_token, batch, reduction
+    )
 
 
 @register_cd_loss("k1")
@@ -524,7 +549,12 @@ def k1(
     estimate = (student - on_token.teacher[:, 0]).detach()
     per_token = estimate + estimate * (student - student.detach())
     metrics = _metrics(
-        rows, kl=estimate, student_entropy=on_token.student_entropy, teacher_entropy=on_token.teacher_entropy
+        rows,
+        batch,
+        reduction,
+        kl=estimate,
+        student_entropy=on_token.student_entropy,
+        teacher_entropy=on_token.teacher_entropy,
     )
     return _reduce(per_token, rows, batch, reduction), metrics
 
@@ -546,6 +576,11 @@ def k3(
     log_ratio = on_token.teacher[:, 0] - on_token.student[:, 0]
     per_token = torch.expm1(log_ratio) - log_ratio
     metrics = _metrics(
-        rows, kl=per_token, student_entropy=on_token.student_entropy, teacher_entropy=on_token.teacher_entropy
+        rows,
+        batch,
+        reduction,
+        kl=per_token,
+        student_entropy=on_token.student_entropy,
+        teacher_entropy=on_token.teacher_entropy,
     )
     return _reduce(per_token, rows, batch, reduction), metrics

@@ -8,7 +8,9 @@ a direct transformers forward; ``worker.py`` only feeds it verl's batches and mo
 Layout convention shared with verl (``response_from_nested``): a per-token field over a sample's full
 sequence (prompt + response, P + R tokens) holds at position t what the logits at t say about token t+1.
 Response token i is therefore described at position P + i - 1; the last position describes nothing and
-holds 0, as do prompt positions.
+holds 0, as do prompt positions. verl reads the student pass's log-probs and entropy in that layout. The
+fields only this plugin reads (top-k ids, teacher log-probs) use the response layout instead (row i
+describes response token i, like verl's ``responses``): nothing stored or sent for prompt positions.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _chunked_scores(
 class _Plan(NamedTuple):
     """One group of rows that share a token prefix, and the micro-batches of its suffixes."""
 
-    rows: list[int]  # indices into the caller's sequences, in the caller's order
+    rows: list[int]  # indices into the caller's sequences, shortest first
     prefix_length: int  # tokens every row shares from the start, run once (0: nothing shared)
     spans: list[tuple[int, int]]  # micro-batches over ``rows``
 
@@ -104,9 +106,9 @@ def _plan(
     max_tokens: int | None,
 ) -> list[_Plan]:
     """Rows grouped by ``groups`` key (in order of first appearance), each group's shared prefix, and its
-    micro-batches over the suffixes; without keys, one group that shares nothing. The prefix stops one
-    token short of the group's shortest prompt, so every row's suffix holds the position that predicts
-    its first response token."""
+    micro-batches over the suffixes, shortest rows first; without keys, one group that shares nothing.
+    The prefix stops one token short of the group's shortest prompt, so every row's suffix holds the
+    position that predicts its first response token."""
     if not sequences:
         return []
     members: dict[Hashable, list[int]] = {}
@@ -114,6 +116,8 @@ def _plan(
         members.setdefault(key, []).append(index)
     plans = []
     for rows in members.values():
+        # Shortest first: rows of like length share a micro-batch, so little of it is padding.
+        rows = sorted(rows, key=lambda i: len(sequences[i]))
         prefix = 0
         if groups is not None and len(rows) > 1:
             shortest_prompt = min(len(sequences[i]) - response_lengths[i] for i in rows)
@@ -123,9 +127,11 @@ def _plan(
     return plans
 
 
-def _shared_prefix_cache(
-    model: Callable[..., Any], prefix: torch.Tensor
-) -> list[tuple[torch.Tensor, ...]] | None:
+PrefixLayers = list[tuple[torch.Tensor, torch.Tensor]]
+"""A prefix's keys and values per layer, [1, heads, L, dim] each."""
+
+
+def _shared_prefix_cache(model: Callable[..., Any], prefix: torch.Tensor) -> PrefixLayers | None:
     """The prefix's keys and values per layer ([1, heads, L, dim] each), from one forward that builds the
     logits of its last position only; None when the model's cache is not a plain full-attention one (a
     sliding window would drop keys a suffix must see), and the caller then runs the rows whole."""
@@ -140,6 +146,64 @@ def _shared_prefix_cache(
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
         return None
     return [(layer.keys, layer.values) for layer in layers]
+
+
+class PrefixCache:
+    """Shared prefixes' keys and values kept from one ``score_responses`` call to the next, within a byte
+    budget; when it is full, what it holds stays and a new prefix is not kept. (Streams come round in
+    the same order every step, so least-recently-used eviction would drop each prefix just before its
+    next use and never hit; kept entries hit every step.)
+
+    Valid only while the model's weights stay the same: the worker keeps one for the frozen teacher and
+    clears it when the teacher changes. A call reuses the entry sharing the most leading tokens with a
+    group's prefix (keys and values at the first m positions depend on those m tokens only, the model
+    being causal), cut to those tokens, when that covers at least half the prefix; otherwise it computes
+    the prefix and keeps it. An entry cut that way stays cut: a stream's entry settles on what its rows
+    always share (system message and knowledge), not on what one step's rows happened to share.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: dict[tuple[int, ...], PrefixLayers] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _bytes(layers: PrefixLayers) -> int:
+        return sum(t.numel() * t.element_size() for layer in layers for t in layer)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._bytes(layers) for layers in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def lookup(self, tokens: Sequence[int]) -> tuple[int, PrefixLayers] | None:
+        """(m, layers) of the entry sharing the most leading tokens with ``tokens`` (m of them, at least
+        half), or None."""
+        best, best_length = None, 0
+        for key in self._entries:
+            length = common_prefix_length([key, tokens])
+            if length > best_length:
+                best, best_length = key, length
+        if best is None or 2 * best_length < len(tokens):
+            self.misses += 1
+            return None
+        layers = self._entries[best]
+        if best_length < len(best):
+            del self._entries[best]
+            layers = [(k[:, :, :best_length].clone(), v[:, :, :best_length].clone()) for k, v in layers]
+            self._entries[tuple(tokens[:best_length])] = layers
+        self.hits += 1
+        return best_length, layers
+
+    def insert(self, tokens: Sequence[int], layers: PrefixLayers) -> None:
+        """Keep ``layers`` for ``tokens`` if they fit in what the budget has left."""
+        if self.bytes + self._bytes(layers) <= self.budget_bytes:
+            self._entries[tuple(tokens)] = layers
 
 
 @torch.no_grad()
@@ -157,6 +221,7 @@ def score_responses(
     chunk_size: int = 256,
     pad_token_id: int = 0,
     balance_calls: Callable[[int], int] | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[ResponseScores]:
     """Forward ``model`` on each full sequence (prompt + response) and score its response tokens.
 
@@ -170,11 +235,14 @@ def score_responses(
     never attends to a later one, so padding never changes its logits. The LM head runs on the response
     rows only (transformers' ``logits_to_keep``), never on prompt or knowledge positions.
 
-    A micro-batch holds ``micro_batch_size`` rows of a group, or, with ``max_tokens`` (verl's
+    A group's rows are taken shortest first (so a micro-batch holds rows of like length and little
+    padding); a micro-batch holds ``micro_batch_size`` of them, or, with ``max_tokens`` (verl's
     ``use_dynamic_bsz`` budget), as many consecutive ones as fit in ``max_tokens`` padded suffix tokens (a
     longer one goes alone). ``balance_calls(n)`` gets this rank's number of forward calls and returns the
     number every rank makes (their maximum): under FSDP each forward gathers the weights with the other
-    ranks, so a rank with fewer calls makes one-token forwards until the counts agree.
+    ranks, so a rank with fewer calls makes one-token forwards until the counts agree. ``prefix_cache``
+    (only for a model whose weights stay the same between calls: the frozen teacher) keeps the groups'
+    prefixes from one call to the next, so a stream's prefix runs once while it stays cached.
     """
     tokens = [seq.reshape(-1).long() for seq in sequences]
     responses = [resp.reshape(-1).long() for resp in response_ids]
@@ -187,17 +255,32 @@ def score_responses(
         raise ValueError(f"{len(groups)} group keys for {len(tokens)} sequences")
     lists = [seq.tolist() for seq in tokens]
     plans = _plan(lists, [r.numel() for r in responses], groups, micro_batch_size, max_tokens)
-    calls = sum(len(plan.spans) + (plan.prefix_length > 0) for plan in plans)
+    kept: dict[int, PrefixLayers] = {}
+    if prefix_cache is not None:
+        for index, plan in enumerate(plans):
+            hit = (
+                prefix_cache.lookup(lists[plan.rows[0]][: plan.prefix_length]) if plan.prefix_length else None
+            )
+            if hit is not None:
+                length, kept[index] = hit
+                suffix_lengths = [len(lists[i]) - length for i in plan.rows]
+                plans[index] = _Plan(
+                    plan.rows, length, micro_batches(suffix_lengths, micro_batch_size, max_tokens)
+                )
+    calls = sum(len(plan.spans) + (plan.prefix_length > 0 and i not in kept) for i, plan in enumerate(plans))
     total_calls = balance_calls(calls) if balance_calls is not None else calls
 
     scores: dict[int, ResponseScores] = {}
-    for plan in plans:
-        prefix, cache = plan.prefix_length, None
-        if prefix:
-            cache = _shared_prefix_cache(model, tokens[plan.rows[0]][:prefix])
+    for plan_index, plan in enumerate(plans):
+        prefix, cache = plan.prefix_length, kept.get(plan_index)
+        if prefix and cache is None:
+            prefix_tokens = tokens[plan.rows[0]][:prefix]
+            cache = _shared_prefix_cache(model, prefix_tokens)
             if cache is None:
                 # Whole rows in the same spans: the ranks have agreed on the call count already.
                 prefix = 0
+            elif prefix_cache is not None:
+                prefix_cache.insert(lists[plan.rows[0]][:prefix], cache)
         for start, stop in plan.spans:
             rows = plan.rows[start:stop]
             suffixes = [tokens[i][prefix:] for i in rows]
@@ -270,6 +353,15 @@ def micro_batches(lengths: Sequence[int], size: int, max_tokens: int | None = No
         spans.append((start, stop))
         start = stop
     return spans
+
+
+def to_response_layout(
+    per_response: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Nested (jagged) [B, R_b, ...] tensor of the rows as they are (optionally cast to ``dtype``)."""
+    return torch.nested.as_nested_tensor(
+        [rows if dtype is None else rows.to(dtype) for rows in per_response], layout=torch.jagged
+    )
 
 
 def to_sequence_layout(per_response: Sequence[torch.Tensor], prompt_lengths: Sequence[int]) -> torch.Tensor:

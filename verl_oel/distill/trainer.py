@@ -10,6 +10,12 @@ It differs from ``PPOTrainerSync`` in three places only:
   keeping top-k ids), the teacher pass, and one actor update with the consolidation loss;
 - the update sends the whole batch as one mini-batch, once, with verl's top-k logits hook on and its
   policy-gradient loss off.
+
+Both trainer modes here log each phase's peak memory (``perf/peak_rss_mib/<phase>`` on CPU,
+``perf/peak_gpu_allocated_mib/<phase>`` on GPUs; ``phase_memory.py``). The second mode,
+``grpo_with_phase_memory``, is verl's own GRPO/PPO step unchanged (``PPOTrainerSync``), run by
+``ConsolidationWorker`` (never configured for consolidation, so verl's own passes) to log those peaks:
+the reference the consolidation step is compared with (``examples/bench_consolidation_step.py``).
 """
 
 from __future__ import annotations
@@ -25,14 +31,36 @@ from verl.utils.metric import reduce_metrics
 from verl.utils.py_functional import rename_dict
 
 from .config import ConsolidationConfig, check_single_update_per_batch
+from .phase_memory import PhaseMemoryTrainerMixin
 from .worker import ConsolidationWorker
 
 TRAINER_MODE = "oel_consolidation"
+GRPO_WITH_PHASE_MEMORY = "grpo_with_phase_memory"
 
 
-@register_trainer(TRAINER_MODE)
-class ConsolidationTrainer(PPOTrainerSync):
-    """Synchronous OPCD: the student samples, the frozen knowledge-conditioned teacher scores, one step."""
+def _run_with_consolidation_worker(trainer: PPOTrainerSync) -> None:
+    """Make the actor/rollout(/ref) role of ``trainer``'s resource pools run ``ConsolidationWorker``."""
+    for role in (Role.ActorRollout, Role.ActorRolloutRef):
+        if role in trainer.role_worker_mapping:
+            trainer.role_worker_mapping[role] = ray.remote(ConsolidationWorker)
+
+
+@register_trainer(GRPO_WITH_PHASE_MEMORY)
+class GRPOWithPhaseMemoryTrainer(PhaseMemoryTrainerMixin, PPOTrainerSync):
+    """verl's own synchronous step (GRPO, PPO: whatever the recipe says), logging each phase's peak memory.
+
+    Only the worker class differs from ``PPOTrainerSync``: ``ConsolidationWorker``, which without
+    ``configure_consolidation`` runs verl's own ``compute_log_prob``, ``compute_ref_log_prob`` and
+    ``update_actor``, and carries the memory readers.
+    """
+
+    def _init_resource_pool_mgr(self) -> None:
+        super()._init_resource_pool_mgr()
+        _run_with_consolidation_worker(self)
+
+
+class ConsolidationSteps(PPOTrainerSync):
+    """The consolidation step on ``PPOTrainerSync``; ``ConsolidationTrainer`` adds the phase memory."""
 
     def __init__(self, config: DictConfig) -> None:
         self.consolidation = ConsolidationConfig.from_mapping(
@@ -94,13 +122,17 @@ class ConsolidationTrainer(PPOTrainerSync):
         with marked_timer("old_log_prob", timing_raw, color="blue"):
             batch = self._compute_old_log_prob(batch, metrics=metrics)
         with marked_timer("teacher", timing_raw, color="olive"):
-            batch = self.actor_rollout_wg.compute_teacher_log_probs(batch)
+            batch = self._compute_teacher_log_prob(batch, metrics=metrics)
         # Rewards and advantages feed verl's logged metrics only; the loss never reads them.
         with marked_timer("adv", timing_raw, color="brown"):
             batch = self._compute_advantage(batch, metrics=metrics)
         with marked_timer("update_actor", timing_raw, color="red"):
             batch = self._update_actor(batch, metrics=metrics)
         return batch
+
+    def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """The teacher pass: the frozen ref model with each sample's knowledge, at the student's top-k ids."""
+        return self.actor_rollout_wg.compute_teacher_log_probs(batch)
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         """One optimizer step on the whole batch with the consolidation loss (set on the worker)."""
@@ -126,3 +158,9 @@ class ConsolidationTrainer(PPOTrainerSync):
         output["perf/mfu/actor"] = output.pop("actor/mfu")
         metrics.update(reduce_metrics(output))
         return batch
+
+
+@register_trainer(TRAINER_MODE)
+class ConsolidationTrainer(PhaseMemoryTrainerMixin, ConsolidationSteps):
+    """Synchronous OPCD: the student samples, the frozen knowledge-conditioned teacher scores, one step;
+    each phase's peak memory logged."""

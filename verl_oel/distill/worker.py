@@ -7,7 +7,7 @@ copy of the starting weights (ref). This subclass adds, without touching verl's 
   ids per response position (verl's engine returns per-token scalars only, never [T, k]);
 - the teacher pass: the ref model reads the student's prompt WITH the sample's knowledge text and the
   identical response ids, and returns its log-probs at the student's top-k ids (or at the sampled token)
-  at the rollout temperature, aligned to the student's positions;
+  at the rollout temperature, one row per response token (the response layout);
 - ``refresh_teacher``: the actor's weights copied into the ref, so the teacher of the next round is the
   policy that ends this one; ``reset_optimizer``, for a round's fresh start;
 - the update: verl's own ``update_actor`` with the consolidation loss (``actor_loss.py``) set as the
@@ -38,7 +38,15 @@ from .actor_loss import (
     ConsolidationActorLoss,
 )
 from .config import ConsolidationConfig
-from .teacher import ResponseScores, build_teacher_prompt_ids, score_responses, to_sequence_layout
+from .phase_memory import PhaseMemoryWorkerMixin
+from .teacher import (
+    PrefixCache,
+    ResponseScores,
+    build_teacher_prompt_ids,
+    score_responses,
+    to_response_layout,
+    to_sequence_layout,
+)
 
 DEFAULT_MICRO_BATCH = 8
 
@@ -56,7 +64,7 @@ def _as_messages(raw_prompt: Any) -> list[dict[str, Any]]:
     return [dict(message) for message in raw_prompt]
 
 
-class ConsolidationWorker(ActorRolloutRefWorker):
+class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
     """``ActorRolloutRefWorker`` plus the student and teacher passes of OPCD and teacher refresh."""
 
     consolidation: ConsolidationConfig | None = None
@@ -67,6 +75,8 @@ class ConsolidationWorker(ActorRolloutRefWorker):
         self.consolidation = ConsolidationConfig.from_mapping(oel)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.tokenizer = omega_conf_to_dataclass(self.config.model).tokenizer
+        # The frozen teacher's stream prefixes, kept across steps (refresh_teacher clears them).
+        self.teacher_prefixes = PrefixCache(self.consolidation.teacher_prefix_cache_mib * 2**20)
         if self.actor is not None:
             self.loss_fn = ConsolidationActorLoss(self.consolidation, self._temperature())
             self.actor.set_loss_fn(self.loss_fn)
@@ -122,8 +132,8 @@ class ConsolidationWorker(ActorRolloutRefWorker):
     def compute_log_prob(self, data: TensorDict) -> TensorDict:
         """The old-log-prob pass; with consolidation configured, it also keeps the student's top-k ids.
 
-        Outputs follow verl's per-token layout over the full sequence, so verl's trainer reads
-        ``log_probs`` and ``entropy`` exactly as from its own pass.
+        ``log_probs`` and ``entropy`` follow verl's per-token layout over the full sequence, so verl's
+        trainer reads them exactly as from its own pass; the top-k ids (int32) are in the response layout.
         """
         if self.consolidation is None:
             return super().compute_log_prob(data)
@@ -139,7 +149,7 @@ class ConsolidationWorker(ActorRolloutRefWorker):
             "entropy": to_sequence_layout([s.entropy for s in scores], prompt_lengths),
         }
         if k is not None:
-            fields[TOPK_IDS] = to_sequence_layout([s.topk_ids for s in scores], prompt_lengths)
+            fields[TOPK_IDS] = to_response_layout([s.topk_ids for s in scores], torch.int32)
         return tu.get_tensordict(fields)
 
     def teacher_prompts(self, data: TensorDict) -> list[list[int]]:
@@ -190,8 +200,8 @@ class ConsolidationWorker(ActorRolloutRefWorker):
     def compute_teacher_log_probs(self, data: TensorDict) -> TensorDict:
         """The teacher pass: the ref model on (knowledge + prompt, identical response ids).
 
-        Returns, in the student's sequence layout, the teacher's log-probs at the student's top-k ids
-        (top-k losses) and at the sampled tokens, and its full-vocabulary entropy, all at the rollout
+        Returns, in the response layout, the teacher's log-probs at the student's top-k ids (top-k
+        losses) and at the sampled tokens, and its full-vocabulary entropy, all at the rollout
         temperature. Every response position is scored (environment tokens of multi-turn data too); the
         loss keeps the model's own tokens.
         """
@@ -203,26 +213,17 @@ class ConsolidationWorker(ActorRolloutRefWorker):
             streams = None
         pairs = zip(teacher_prompts, responses, strict=True)
         sequences = [torch.tensor(p + r.tolist(), dtype=torch.long) for p, r in pairs]
-        prompt_lengths = [p.numel() for p in _token_lists(data["prompts"])]
-        ids = None
-        if self.consolidation.uses_topk:
-            ids = [
-                rows[length - 1 : length - 1 + resp.numel()]
-                for rows, length, resp in zip(
-                    _token_lists(data[TOPK_IDS]), prompt_lengths, responses, strict=True
-                )
-            ]
-        scores = self._score(self.ref, sequences, responses, ids=ids, groups=streams)
+        ids = _token_lists(data[TOPK_IDS]) if self.consolidation.uses_topk else None
+        prefix_cache = self.teacher_prefixes if self.consolidation.teacher_prefix_cache_mib else None
+        scores = self._score(
+            self.ref, sequences, responses, ids=ids, groups=streams, prefix_cache=prefix_cache
+        )
         fields = {
-            TEACHER_SAMPLED_LOGPROBS: to_sequence_layout(
-                [s.sampled_logprobs for s in scores], prompt_lengths
-            ),
-            TEACHER_ENTROPY: to_sequence_layout([s.entropy for s in scores], prompt_lengths),
+            TEACHER_SAMPLED_LOGPROBS: to_response_layout([s.sampled_logprobs for s in scores]),
+            TEACHER_ENTROPY: to_response_layout([s.entropy for s in scores]),
         }
         if ids is not None:
-            fields[TEACHER_TOPK_LOGPROBS] = to_sequence_layout(
-                [s.topk_logprobs for s in scores], prompt_lengths
-            )
+            fields[TEACHER_TOPK_LOGPROBS] = to_response_layout([s.topk_logprobs for s in scores])
         return tu.get_tensordict(fields)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -240,6 +241,9 @@ class ConsolidationWorker(ActorRolloutRefWorker):
         with torch.no_grad():
             for name, teacher_param in self.ref.engine.module.named_parameters():
                 teacher_param.copy_(actor_state[name])
+        if self.consolidation is not None:
+            # Keys and values the old teacher computed are not the new teacher's.
+            self.teacher_prefixes.clear()
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def reset_optimizer(self) -> None:

@@ -14,6 +14,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 MAX_REASON_BYTES = 128
@@ -117,6 +118,11 @@ class TextGame(ABC):
 
     name: ClassVar[str] = ""
     settings_cls: ClassVar[type[GameSettings]] = GameSettings
+    generates_games: ClassVar[bool] = False
+    """True for a family whose `reset(seed)` first generates the game and caches it on disk (TextWorld
+    compiles Inform7, about a second a game). Such a family implements `cached_game_path` and
+    `game_file`, so a stage's games can be generated ahead of play, in parallel
+    (`verl_oel.envs.game_generation`), instead of one by one inside the rollout."""
 
     def __init__(self, settings: GameSettings | None = None) -> None:
         self.settings = settings if settings is not None else self.settings_cls()
@@ -141,6 +147,14 @@ class TextGame(ABC):
     def outcome(self) -> Outcome | None:
         """How the game ended, or None while it is running."""
         return self._outcome
+
+    def cached_game_path(self, seed: int) -> Path:
+        """Where the generated game for `seed` is cached, whether it is there yet or not (builds nothing)."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} generates no games (generates_games)")
+
+    def game_file(self, seed: int) -> Path:
+        """The generated game for `seed` (at `cached_game_path(seed)`), generated and cached if missing."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} generates no games (generates_games)")
 
     def reset(self, seed: int) -> str:
         """Start the game drawn by `seed` (same seed, same game) and return its first observation."""

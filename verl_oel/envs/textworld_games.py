@@ -52,6 +52,11 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "verl_oel") / "textworld"
 
 
+def cached_game_location(cache_dir: Path, key: str) -> Path:
+    """Where the game cached under `key` is (or will be) kept."""
+    return cache_dir / key / "game.z8"
+
+
 def cached_game_file(cache_dir: Path, key: str, build: Callable[[Path], None]) -> Path:
     """The game file cached under `key`, calling `build(path)` to create it when it is missing.
 
@@ -59,7 +64,7 @@ def cached_game_file(cache_dir: Path, key: str, build: Callable[[Path], None]) -
     folder and publishes it without replacing, so the first one wins and the others drop their copy
     (identical, since the key fixes the game).
     """
-    game_file = cache_dir / key / "game.z8"
+    game_file = cached_game_location(cache_dir, key)
     if game_file.is_file():
         return game_file
     with staged_folder(game_file.parent) as building:
@@ -175,6 +180,7 @@ class TextWorldGame(TextGame):
     """A TextWorld game; the registered name is also the TextWorld challenge it is made by."""
 
     settings: TextWorldSettings
+    generates_games = True
 
     def __init__(self, settings: GameSettings | None = None) -> None:
         super().__init__(settings)
@@ -203,8 +209,17 @@ class TextWorldGame(TextGame):
         """A winning command sequence from the start of the current game (for tests and sanity checks)."""
         return self._walkthrough
 
+    def cached_game_path(self, seed: int) -> Path:
+        """Where the compiled game for `seed` is cached (see `game_file`); nothing is generated."""
+        return cached_game_location(*self._cache_entry(seed))
+
     def game_file(self, seed: int) -> Path:
         """The compiled game for `seed`, generated and cached on first use."""
+        cache_dir, key = self._cache_entry(seed)
+        return cached_game_file(cache_dir, key, lambda path: self._generate(path, seed))
+
+    def _cache_entry(self, seed: int) -> tuple[Path, str]:
+        """The cache folder (`settings.cache_dir`, else `default_cache_dir()`) and `seed`'s key in it."""
         cache_key = json.dumps(
             {
                 "family": self.name,
@@ -217,7 +232,7 @@ class TextWorldGame(TextGame):
         )
         key = f"{self.name}-{hashlib.sha256(cache_key.encode()).hexdigest()[:16]}"
         cache_dir = Path(self.settings.cache_dir) if self.settings.cache_dir else default_cache_dir()
-        return cached_game_file(cache_dir, key, lambda path: self._generate(path, seed))
+        return cache_dir, key
 
     def _release(self) -> None:
         if self._env is not None:

@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from verl_oel.distill.config import ConsolidationConfig, ConsolidationConfigError
+from verl_oel.envs.game_generation import default_workers as default_generation_workers
 from verl_oel.oel.extraction_stage import ExtractionConfig
 from verl_oel.oel.run_state import CHECKPOINT, CONSOLIDATION, DEPLOYMENT, IN_CONTEXT, TEACHER_REFRESH
 
@@ -77,6 +78,17 @@ class OELConfig:
     evaluation: EvaluationConfig = EvaluationConfig()
     # Where the run lives; None: the recipe's trainer.default_local_dir.
     run_dir: str | None = None
+    # Processes that generate the games of a family that builds them on first play (TextWorld) ahead of
+    # the stages that play them (verl_oel.envs.game_generation); None: min(8, CPU cores); 0: none, each
+    # game is then generated inside the rollout when first played.
+    game_generation_workers: int | None = None
+
+    @property
+    def generation_workers(self) -> int:
+        """``game_generation_workers`` with its default resolved."""
+        if self.game_generation_workers is None:
+            return default_generation_workers()
+        return self.game_generation_workers
 
     @property
     def skip_stages(self) -> tuple[str, ...]:
@@ -113,6 +125,12 @@ class OELConfig:
             problems.append(
                 f"oel.mode={mode} (the student plays the environment during consolidation) is not "
                 "implemented yet; use oel.mode=replay, the paper's OEL"
+            )
+        workers = section.get("game_generation_workers")
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+            problems.append(
+                f"oel.game_generation_workers={workers!r} must be an integer >= 0 (0: games are generated "
+                "when first played; unset: min(8, CPU cores))"
             )
         if section.get("teacher", cls.teacher) not in TEACHERS:
             problems.append(f"oel.teacher={section['teacher']!r}; expected one of {list(TEACHERS)}")
@@ -157,6 +175,7 @@ class OELConfig:
             teacher=section.get("teacher", cls.teacher),
             evaluation=evaluation,
             run_dir=section.get("run_dir"),
+            game_generation_workers=workers,
         )
 
 

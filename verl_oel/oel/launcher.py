@@ -34,9 +34,15 @@ TRAINER_OWNED_KEYS: tuple[str, ...] = ("actor_rollout_ref.model.path", "oel.run_
 """Keys the launcher sets for each launch, so a user override of them names only the base model (and
 the run directory, which the launcher resolves first)."""
 
-OEL_SAFE_TO_CHANGE: tuple[str, ...] = (*SAFE_TO_CHANGE, "oel.rounds", "oel.poll_interval_s")
+OEL_SAFE_TO_CHANGE: tuple[str, ...] = (
+    *SAFE_TO_CHANGE,
+    "oel.rounds",
+    "oel.poll_interval_s",
+    "oel.game_generation_workers",
+)
 """Like ``run.rounds``, the recipe's ``oel.rounds`` may grow on resume to extend a run; how often verl's
-replay buffer polls changes only waiting time."""
+replay buffer polls and how many processes generate games ahead change only waiting time (a game is the
+same whoever generates it)."""
 
 
 def _say(message: str) -> None:

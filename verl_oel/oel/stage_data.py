@@ -8,15 +8,20 @@ row (``verl_oel.seeds``): a stage rerun after a kill samples exactly what the ki
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from verl_oel.agent_loop.extraction_loop import StreamSpec
 from verl_oel.agent_loop.replay_loop import AGENT_NAME as REPLAY_AGENT
 from verl_oel.agent_loop.replay_loop import SEED_KEY
 from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.data.games import GameDataSpec, game_rows
 from verl_oel.oel.config import OELConfig
+from verl_oel.oel.extraction_stage import extraction_rows, stream_specs
+from verl_oel.oel.run_state import DEPLOYMENT, EVALUATION, EXTRACTION, IN_CONTEXT, RunLayout
 from verl_oel.seeds import consolidation_stream_rng, stage_sampling_seed
 
 
@@ -101,3 +106,34 @@ def consolidation_rows(
                 }
             )
     return rows
+
+
+def played_episodes(rows: Iterable[dict[str, Any]]) -> list[EpisodeSpec]:
+    """Every game episode the rows' agent loops open, in row order: a game row's ``oel_game``, an
+    extraction row's streams' games and in-context probes. Consolidation rows replay prompts: none."""
+    episodes = []
+    for row in rows:
+        extra_info = row.get("extra_info") or {}
+        if "oel_game" in extra_info:
+            episodes.append(EpisodeSpec.from_json(extra_info["oel_game"]))
+        for text in json.loads(extra_info.get("oel_streams", "[]")):
+            stream = StreamSpec.from_json(text)
+            episodes += stream.games + stream.in_context_games
+    return episodes
+
+
+def stage_episodes(loop: OELConfig, layout: RunLayout, round: int, stage: str) -> list[EpisodeSpec]:
+    """The game episodes a stage plays, read from the rows the trainer writes for it, so games can be
+    generated before the stage starts (``verl_oel.envs.game_generation``). Knowledge changes no game, so
+    the held-out rows are built without it; stages that play no game (teacher refresh, consolidation,
+    checkpoint) give none."""
+    if stage in (EVALUATION, IN_CONTEXT):
+        rows = evaluation_rows(loop)
+    elif stage == EXTRACTION:
+        specs = stream_specs(loop.extraction, round, layout.knowledge_root(round))
+        rows = extraction_rows(specs, loop.extraction.concurrent)
+    elif stage == DEPLOYMENT:
+        rows = deployment_rows(loop, round, layout.deployment_dir(round) / "episodes")
+    else:
+        rows = []
+    return played_episodes(rows)

@@ -64,6 +64,7 @@ from verl_oel.oel.run_state import (
     RunState,
 )
 from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
+from verl_oel.oel.stage_games import StageGames
 
 
 def _plain(value: Any) -> Any:
@@ -123,19 +124,24 @@ class OELTrainer(ConsolidationTrainer):
             EVALUATION: self._evaluation,
             CHECKPOINT: self._checkpoint,
         }
-        while (step := self.state.next_stage()) is not None:
-            stage = stages[step.stage] if step.round > 0 else self._evaluate_base
-            log_problem(f"round {step.round}: {step.stage} ...")
-            emit_event("stage_start", round=step.round, stage=step.stage)  # the launcher's console
-            self.state.stage_dir_for_retry(step.round, step.stage)
-            self.global_steps = self._tracking_step(step.round)
-            started = time.monotonic()
-            summary = {"seconds": 0.0, **stage(step.round)}
-            summary["seconds"] = round(time.monotonic() - started, 1)
-            self.state.mark_done(step.round, step.stage, summary)
-            self.logger.log(data=self._stage_metrics(step.round, step.stage, summary), step=self.global_steps)
-            log_problem(f"round {step.round}: {step.stage} done {json.dumps(summary)}")
-            emit_event("stage_done", round=step.round, stage=step.stage, summary=summary)
+        # Every unfinished stage's games are generated ahead, in worker processes (oel/stage_games.py).
+        with StageGames(self.loop, self.state) as games:
+            while (step := self.state.next_stage()) is not None:
+                stage = stages[step.stage] if step.round > 0 else self._evaluate_base
+                log_problem(f"round {step.round}: {step.stage} ...")
+                emit_event("stage_start", round=step.round, stage=step.stage)  # the launcher's console
+                self.state.stage_dir_for_retry(step.round, step.stage)
+                self.global_steps = self._tracking_step(step.round)
+                started = time.monotonic()
+                generation = games.wait_for(step)  # before verl plays them
+                summary = {"seconds": 0.0, **stage(step.round), **generation}
+                summary["seconds"] = round(time.monotonic() - started, 1)
+                self.state.mark_done(step.round, step.stage, summary)
+                self.logger.log(
+                    data=self._stage_metrics(step.round, step.stage, summary), step=self.global_steps
+                )
+                log_problem(f"round {step.round}: {step.stage} done {json.dumps(summary)}")
+                emit_event("stage_done", round=step.round, stage=step.stage, summary=summary)
         self._shutdown_dump_executor()
 
     def _tracking_step(self, round: int) -> int:
