@@ -22,6 +22,8 @@ from verl_oel.distill.actor_loss import (
     packed_loss_mask,
 )
 from verl_oel.distill.config import ConsolidationConfig, ConsolidationConfigError
+from verl_oel.distill.suffix_attention import NAME as SUFFIX_ATTENTION
+from verl_oel.distill.suffix_attention import _suffix_sdpa, suffix_attention
 from verl_oel.distill.teacher import (
     PrefixCache,
     build_teacher_prompt_ids,
@@ -232,12 +234,17 @@ def stream_batch(tokenizer):
 
 
 class Recorder:
-    """The model, recording each call's input width, logits rows and whether it ran against a cache."""
+    """The model, recording each call's input width, logits rows and whether it ran against a cache, and
+    the attention implementation of every call (``attentions``)."""
 
     def __init__(self, model):
-        self.model, self.calls = model, []
+        self.model, self.config, self.calls, self.attentions = model, model.config, [], []
+
+    def parameters(self):
+        return self.model.parameters()
 
     def __call__(self, **inputs):
+        self.attentions.append(self.config._attn_implementation)
         output = self.model(**inputs)
         cached = inputs.get("past_key_values") is not None
         self.calls.append((inputs["input_ids"].shape, output.logits.shape[1], cached))
@@ -272,6 +279,8 @@ def test_rows_of_a_stream_share_its_prefix_and_score_as_a_whole_forward(tokenize
             score.entropy, -(reference.exp() * reference).sum(-1), rtol=1e-5, atol=1e-5
         )
         assert torch.equal(score.topk_ids, torch.topk(reference, 7, dim=-1).indices)
+    # The scores above came from the suffix attention (no padding mask, grouped heads as they are).
+    assert set(recorder.attentions) == {SUFFIX_ATTENTION} and model.config._attn_implementation == "sdpa"
 
     # Per stream: one prefix forward (one row, logits of its last position only), then one micro-batch
     # of its three suffixes against the prefix's cache, its LM head on the response rows only.
@@ -334,6 +343,68 @@ def test_a_kept_prefix_is_not_run_again_and_scores_stay_a_whole_forwards(tokeniz
         prefix_cache=cache,
     )
     assert [cached for *_, cached in recorder.calls] == [True] and cache.hits == 3
+
+
+@pytest.mark.parametrize("prefix", [0, 9])
+def test_the_suffix_attention_equals_masked_attention_at_every_real_position(prefix):
+    """``_suffix_sdpa`` on right-padded rows (lengths 6, 4, 1 after a shared prefix), four query heads on
+    two key/value heads, equals softmax attention under the full mask (prefix visible, causal within the
+    row, padding hidden) at every real position. Random scores of unit scale, so one key too many or too
+    few moves the output far beyond the tolerance (the tiny model's near-uniform attention would not)."""
+    generator = torch.Generator().manual_seed(0)
+    lengths, width, heads, kv_heads, dim = [6, 4, 1], 6, 4, 2, 8
+    query = torch.randn(3, heads, width, dim, generator=generator, dtype=torch.float64)
+    key, value = (
+        torch.randn(3, kv_heads, prefix + width, dim, generator=generator, dtype=torch.float64) for _ in "kv"
+    )
+    got, _ = _suffix_sdpa(torch.nn.Module(), query, key, value, attention_mask=None, scaling=dim**-0.5)
+
+    keys, values = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (key, value))
+    scores = query @ keys.transpose(-1, -2) * dim**-0.5
+    for row, length in enumerate(lengths):
+        visible = torch.zeros(width, prefix + width, dtype=torch.bool)
+        for i in range(length):
+            visible[i, : prefix + i + 1] = True
+        weights = torch.softmax(scores[row].masked_fill(~visible, float("-inf")), dim=-1)[:, :length]
+        want = (weights @ values[row]).transpose(0, 1)  # [length, heads, dim]
+        torch.testing.assert_close(got[row, :length], want, rtol=1e-10, atol=1e-10)
+
+
+def test_the_suffix_attention_runs_only_on_sdpa_on_cpu_and_the_models_setting_comes_back(
+    tokenizer, model, tiny_model_dir
+):
+    """Inside ``score_responses`` an sdpa model on CPU attends with the suffix attention (the exactness
+    tests above compare its scores with the model's own sdpa forward, right-padded rows, grouped heads
+    and a shared prefix included); the model's setting is back afterwards, also after an error. An eager
+    model keeps its own attention."""
+    with suffix_attention(model) as engaged:
+        assert engaged and model.config._attn_implementation == SUFFIX_ATTENTION
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError, match="inside"), suffix_attention(model):
+        raise RuntimeError("inside")
+    assert model.config._attn_implementation == "sdpa"
+
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    with suffix_attention(eager) as engaged:
+        assert not engaged and eager.config._attn_implementation == "eager"
+    batch = stream_batch(tokenizer)
+    recorder = Recorder(eager)
+    scores = score_responses(
+        recorder,
+        [torch.tensor(prompt + reply) for _, prompt, reply in batch],
+        [torch.tensor(reply) for _, _, reply in batch],
+        TEMPERATURE,
+        groups=[s for s, _, _ in batch],
+    )
+    assert set(recorder.attentions) == {"eager"}
+    for score, (_, prompt, reply) in zip(scores, batch, strict=True):
+        reference = direct_log_probs(model, prompt, reply)
+        torch.testing.assert_close(
+            score.sampled_logprobs,
+            reference.gather(-1, torch.tensor(reply)[:, None]).squeeze(-1),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_prefix_cache_cuts_an_entry_to_what_rows_share_and_keeps_to_its_budget():

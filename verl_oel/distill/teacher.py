@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicLayer
 from verl_oel.knowledge.injection import with_knowledge
 
 from .losses import teacher_logprobs_at, topk_support
+from .suffix_attention import suffix_attention
 
 Messages = list[dict[str, Any]]
 
@@ -206,6 +207,38 @@ class PrefixCache:
             self._entries[tuple(tokens)] = layers
 
 
+def _suffix_inputs(
+    suffixes: Sequence[torch.Tensor],
+    prefix: int,
+    cache: PrefixLayers | None,
+    scored: range,
+    pad_token_id: int,
+) -> dict[str, Any]:
+    """The model's inputs for one micro-batch: the suffixes right-padded to the longest, their positions
+    continuing after the ``prefix`` tokens whose keys and values ``cache`` holds (None: no prefix), the
+    LM head on the ``scored`` suffix positions only."""
+    width, device = max(s.numel() for s in suffixes), suffixes[0].device
+    input_ids = torch.full((len(suffixes), width), pad_token_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(suffixes), prefix + width), dtype=torch.long, device=device)
+    attention_mask[:, :prefix] = 1
+    for row, suffix in enumerate(suffixes):
+        input_ids[row, : suffix.numel()] = suffix
+        attention_mask[row, prefix : prefix + suffix.numel()] = 1
+    inputs: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": prefix + torch.arange(width, device=device).expand(len(suffixes), width),
+        "logits_to_keep": torch.arange(scored.start, scored.stop, device=device),
+        "use_cache": cache is not None,
+    }
+    if cache is not None:
+        rows = len(suffixes)
+        inputs["past_key_values"] = DynamicCache(
+            ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in cache]
+        )
+    return inputs
+
+
 @torch.no_grad()
 def score_responses(
     model: Callable[..., Any],
@@ -232,8 +265,9 @@ def score_responses(
     prefix: it runs once, and each micro-batch of the group runs only its rows' suffixes against its keys
     and values (positions continue after it), so the knowledge costs one forward per group, not one per
     row. Without ``groups`` nothing is shared. Suffixes are right-padded per micro-batch: a real position
-    never attends to a later one, so padding never changes its logits. The LM head runs on the response
-    rows only (transformers' ``logits_to_keep``), never on prompt or knowledge positions.
+    never attends to a later one, so padding never changes its logits (an sdpa model on CPU therefore
+    attends with ``suffix_attention``: no padding mask, key/value heads not copied). The LM head runs on
+    the response rows only (transformers' ``logits_to_keep``), never on prompt or knowledge positions.
 
     A group's rows are taken shortest first (so a micro-batch holds rows of like length and little
     padding); a micro-batch holds ``micro_batch_size`` of them, or, with ``max_tokens`` (verl's
@@ -271,69 +305,46 @@ def score_responses(
     total_calls = balance_calls(calls) if balance_calls is not None else calls
 
     scores: dict[int, ResponseScores] = {}
-    for plan_index, plan in enumerate(plans):
-        prefix, cache = plan.prefix_length, kept.get(plan_index)
-        if prefix and cache is None:
-            prefix_tokens = tokens[plan.rows[0]][:prefix]
-            cache = _shared_prefix_cache(model, prefix_tokens)
-            if cache is None:
-                # Whole rows in the same spans: the ranks have agreed on the call count already.
-                prefix = 0
-            elif prefix_cache is not None:
-                prefix_cache.insert(lists[plan.rows[0]][:prefix], cache)
-        for start, stop in plan.spans:
-            rows = plan.rows[start:stop]
-            suffixes = [tokens[i][prefix:] for i in rows]
-            width = max(s.numel() for s in suffixes)
-            device = suffixes[0].device
-            input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
-            attention_mask = torch.zeros((len(rows), prefix + width), dtype=torch.long, device=device)
-            attention_mask[:, :prefix] = 1
-            for row, suffix in enumerate(suffixes):
-                input_ids[row, : suffix.numel()] = suffix
-                attention_mask[row, prefix : prefix + suffix.numel()] = 1
-            position_ids = prefix + torch.arange(width, device=device).expand(len(rows), width)
-            # Suffix position of each row's first scored row (the one predicting its first response token)
-            # and one past its last; the LM head runs on the union of those spans.
-            first = [s.numel() - responses[i].numel() - 1 for s, i in zip(suffixes, rows, strict=True)]
-            low, high = min(first), max(s.numel() - 1 for s in suffixes)
-            inputs: dict[str, Any] = {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "position_ids": position_ids,
-                "logits_to_keep": torch.arange(low, high, device=device),
-            }
-            if cache is not None:
-                inputs["past_key_values"] = DynamicCache(
-                    ddp_cache_data=[
-                        (keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1))
-                        for keys, values in cache
-                    ]
-                )
-                inputs["use_cache"] = True
-            else:
-                inputs["use_cache"] = False
-            logits = model(**inputs).logits
-            for row, index in enumerate(rows):
-                response = responses[index]
-                offset = first[row] - low
-                given = ids[index] if ids is not None else None
-                scores[index] = _chunked_scores(
-                    logits[row, offset : offset + response.numel()],
-                    response,
-                    temperature,
-                    k,
-                    given,
-                    chunk_size,
-                )
-            del logits, inputs
-        del cache
-    if total_calls > calls:
-        parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
-        device = tokens[0].device if tokens else (parameter.device if parameter is not None else None)
-        idle = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
-        for _ in range(total_calls - calls):
-            model(input_ids=idle, use_cache=False, logits_to_keep=1)
+    with suffix_attention(model):
+        for plan_index, plan in enumerate(plans):
+            prefix, cache = plan.prefix_length, kept.get(plan_index)
+            if prefix and cache is None:
+                prefix_tokens = tokens[plan.rows[0]][:prefix]
+                cache = _shared_prefix_cache(model, prefix_tokens)
+                if cache is None:
+                    # Whole rows in the same spans: the ranks have agreed on the call count already.
+                    prefix = 0
+                elif prefix_cache is not None:
+                    prefix_cache.insert(lists[plan.rows[0]][:prefix], cache)
+            for start, stop in plan.spans:
+                rows = plan.rows[start:stop]
+                suffixes = [tokens[i][prefix:] for i in rows]
+                # Suffix position of each row's first scored row (the one predicting its first response token)
+                # and one past its last; the LM head runs on the union of those spans.
+                first = [s.numel() - responses[i].numel() - 1 for s, i in zip(suffixes, rows, strict=True)]
+                low, high = min(first), max(s.numel() - 1 for s in suffixes)
+                inputs = _suffix_inputs(suffixes, prefix, cache, range(low, high), pad_token_id)
+                logits = model(**inputs).logits
+                for row, index in enumerate(rows):
+                    response = responses[index]
+                    offset = first[row] - low
+                    given = ids[index] if ids is not None else None
+                    scores[index] = _chunked_scores(
+                        logits[row, offset : offset + response.numel()],
+                        response,
+                        temperature,
+                        k,
+                        given,
+                        chunk_size,
+                    )
+                del logits, inputs
+            del cache
+        if total_calls > calls:
+            parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+            device = tokens[0].device if tokens else (parameter.device if parameter is not None else None)
+            idle = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
+            for _ in range(total_calls - calls):
+                model(input_ids=idle, use_cache=False, logits_to_keep=1)
     return [scores[index] for index in range(len(tokens))]
 
 
