@@ -118,6 +118,17 @@ def test_teacher_prompt_is_the_chat_template_of_knowledge_plus_prompt(tokenizer)
     )
 
 
+def assert_sampled_logprobs_match_a_direct_forward(score, model, prompt, reply) -> None:
+    """``score.sampled_logprobs`` equal log p(reply token) from one unpadded forward, to 1e-5."""
+    reference = direct_log_probs(model, prompt, reply)
+    torch.testing.assert_close(
+        score.sampled_logprobs,
+        reference.gather(-1, torch.tensor(reply)[:, None]).squeeze(-1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def test_batched_scores_equal_a_direct_forward_position_by_position(tokenizer, model):
     batch = samples(tokenizer)
     teacher_prompts = [
@@ -173,13 +184,7 @@ def test_a_token_budget_changes_the_micro_batches_not_the_scores(tokenizer, mode
     scores = score_responses(counting, sequences, responses, TEMPERATURE, k=5, max_tokens=2 * longest)
     assert len(calls) == 3 and all(rows * width <= 2 * longest for rows, width in calls), calls
     for score, (_, prompt, response, _) in zip(scores, batch, strict=True):
-        reference = direct_log_probs(model, prompt, response)
-        torch.testing.assert_close(
-            score.sampled_logprobs,
-            reference.gather(-1, torch.tensor(response)[:, None]).squeeze(-1),
-            rtol=1e-5,
-            atol=1e-5,
-        )
+        assert_sampled_logprobs_match_a_direct_forward(score, model, prompt, response)
 
 
 def test_micro_batches_take_rows_of_like_length_together(tokenizer, model):
@@ -324,13 +329,7 @@ def test_a_kept_prefix_is_not_run_again_and_scores_stay_a_whole_forwards(tokeniz
     assert (cache.hits, cache.misses) == (2, 2)
     for got, want, (_, prompt, reply) in zip(second, first, batch, strict=True):
         assert torch.equal(got.topk_ids, want.topk_ids)
-        reference = direct_log_probs(model, prompt, reply)
-        torch.testing.assert_close(
-            got.sampled_logprobs,
-            reference.gather(-1, torch.tensor(reply)[:, None]).squeeze(-1),
-            rtol=1e-5,
-            atol=1e-5,
-        )
+        assert_sampled_logprobs_match_a_direct_forward(got, model, prompt, reply)
 
     recorder.calls.clear()
     two = [0, 2]  # two rows of stream "a", sharing more than all three do
@@ -398,13 +397,7 @@ def test_the_suffix_attention_runs_only_on_sdpa_on_cpu_and_the_models_setting_co
     )
     assert set(recorder.attentions) == {"eager"}
     for score, (_, prompt, reply) in zip(scores, batch, strict=True):
-        reference = direct_log_probs(model, prompt, reply)
-        torch.testing.assert_close(
-            score.sampled_logprobs,
-            reference.gather(-1, torch.tensor(reply)[:, None]).squeeze(-1),
-            rtol=1e-5,
-            atol=1e-5,
-        )
+        assert_sampled_logprobs_match_a_direct_forward(score, model, prompt, reply)
 
 
 def test_prefix_cache_cuts_an_entry_to_what_rows_share_and_keeps_to_its_budget():
