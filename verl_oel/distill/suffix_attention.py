@@ -7,8 +7,9 @@ suffix's own). A real position then sees every earlier key and no later one, so 
 to the lower right is all it needs; the padding never reaches a real position. transformers' ``sdpa``
 cannot know that: it builds a [B, 1, Q, K] mask from the padding mask, and with any mask it copies each
 key/value head to the query heads (``repeat_kv``; SDPA's grouped-query option is only taken without a
-mask). On the CPU benchmark's shapes (SmolLM2-135M, 8 rows, 320 suffix tokens against 1,600 keys) that
-is about a quarter of each layer's attention time. The implementation here hands SDPA the grouped heads
+mask). On the CPU benchmark's shapes (SmolLM2-135M's 9 query and 3 key/value heads, 8 rows, 320 suffix
+tokens against 1,600 keys) one layer's attention call took 105 ms that way and 81 ms here; the whole
+teacher pass, about 4 % less (README). The implementation here hands SDPA the grouped heads
 as they are and, when queries and keys differ in length, one [Q, K] lower-right causal mask.
 
 It is exact for every real position of a right-padded batch and is used only inside ``score_responses``
