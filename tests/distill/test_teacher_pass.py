@@ -440,13 +440,7 @@ def test_sharing_leaves_a_prompt_token_to_every_row_and_balances_the_ranks_calls
     assert recorder.calls[0][0] == (1, len(prompt) - 1)
     assert len(recorder.calls) == 2 + 3 and all(shape == (1, 1) for shape, _, _ in recorder.calls[2:])
     for score, (p, r) in zip(scores, rows, strict=True):
-        reference = direct_log_probs(model, p, r)
-        torch.testing.assert_close(
-            score.sampled_logprobs,
-            reference.gather(-1, torch.tensor(r)[:, None]).squeeze(-1),
-            rtol=1e-5,
-            atol=1e-5,
-        )
+        assert_sampled_logprobs_match_a_direct_forward(score, model, p, r)
 
 
 def test_common_prefix_is_counted_in_tokens():

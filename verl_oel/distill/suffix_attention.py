@@ -13,16 +13,17 @@ teacher pass, about 4 % less (README). The implementation here hands SDPA the gr
 as they are and, when queries and keys differ in length, one [Q, K] lower-right causal mask.
 
 It is exact for every real position of a right-padded batch and is used only inside ``score_responses``
-(``suffix_attention(model)``), only where the model runs transformers' ``sdpa`` on CPU; elsewhere (CUDA,
+(``with_suffix_attention``), only where the model runs transformers' ``sdpa`` on CPU; elsewhere (CUDA,
 where verl's default ``flash_attention_2`` already aligns a causal mask to the lower right, or another
 implementation) the model's own attention runs unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 NAME = "verl_oel_suffix_sdpa"
+
+Result = TypeVar("Result")
 
 
 def _suffix_sdpa(
@@ -100,3 +103,15 @@ def suffix_attention(model: Any) -> Iterator[bool]:
         yield True
     finally:
         config._attn_implementation = "sdpa"
+
+
+def with_suffix_attention(function: Callable[..., Result]) -> Callable[..., Result]:
+    """``function(model, ...)`` run inside ``suffix_attention(model)``: for functions whose model forwards
+    take right-padded rows only (``teacher.score_responses``)."""
+
+    @functools.wraps(function)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Result:
+        with suffix_attention(model):
+            return function(model, *args, **kwargs)
+
+    return wrapper

@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicLayer
 from verl_oel.knowledge.injection import with_knowledge
 
 from .losses import teacher_logprobs_at, topk_support
-from .suffix_attention import suffix_attention
+from .suffix_attention import with_suffix_attention
 
 Messages = list[dict[str, Any]]
 
@@ -240,6 +240,7 @@ def _suffix_inputs(
 
 
 @torch.no_grad()
+@with_suffix_attention
 def score_responses(
     model: Callable[..., Any],
     sequences: Sequence[torch.Tensor],
@@ -266,7 +267,7 @@ def score_responses(
     and values (positions continue after it), so the knowledge costs one forward per group, not one per
     row. Without ``groups`` nothing is shared. Suffixes are right-padded per micro-batch: a real position
     never attends to a later one, so padding never changes its logits (an sdpa model on CPU therefore
-    attends with ``suffix_attention``: no padding mask, key/value heads not copied). The LM head runs on
+    attends with ``with_suffix_attention``: no padding mask, key/value heads not copied). The LM head runs on
     the response rows only (transformers' ``logits_to_keep``), never on prompt or knowledge positions.
 
     A group's rows are taken shortest first (so a micro-batch holds rows of like length and little
@@ -305,46 +306,45 @@ def score_responses(
     total_calls = balance_calls(calls) if balance_calls is not None else calls
 
     scores: dict[int, ResponseScores] = {}
-    with suffix_attention(model):
-        for plan_index, plan in enumerate(plans):
-            prefix, cache = plan.prefix_length, kept.get(plan_index)
-            if prefix and cache is None:
-                prefix_tokens = tokens[plan.rows[0]][:prefix]
-                cache = _shared_prefix_cache(model, prefix_tokens)
-                if cache is None:
-                    # Whole rows in the same spans: the ranks have agreed on the call count already.
-                    prefix = 0
-                elif prefix_cache is not None:
-                    prefix_cache.insert(lists[plan.rows[0]][:prefix], cache)
-            for start, stop in plan.spans:
-                rows = plan.rows[start:stop]
-                suffixes = [tokens[i][prefix:] for i in rows]
-                # Suffix position of each row's first scored row (the one predicting its first response token)
-                # and one past its last; the LM head runs on the union of those spans.
-                first = [s.numel() - responses[i].numel() - 1 for s, i in zip(suffixes, rows, strict=True)]
-                low, high = min(first), max(s.numel() - 1 for s in suffixes)
-                inputs = _suffix_inputs(suffixes, prefix, cache, range(low, high), pad_token_id)
-                logits = model(**inputs).logits
-                for row, index in enumerate(rows):
-                    response = responses[index]
-                    offset = first[row] - low
-                    given = ids[index] if ids is not None else None
-                    scores[index] = _chunked_scores(
-                        logits[row, offset : offset + response.numel()],
-                        response,
-                        temperature,
-                        k,
-                        given,
-                        chunk_size,
-                    )
-                del logits, inputs
-            del cache
-        if total_calls > calls:
-            parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
-            device = tokens[0].device if tokens else (parameter.device if parameter is not None else None)
-            idle = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
-            for _ in range(total_calls - calls):
-                model(input_ids=idle, use_cache=False, logits_to_keep=1)
+    for plan_index, plan in enumerate(plans):
+        prefix, cache = plan.prefix_length, kept.get(plan_index)
+        if prefix and cache is None:
+            prefix_tokens = tokens[plan.rows[0]][:prefix]
+            cache = _shared_prefix_cache(model, prefix_tokens)
+            if cache is None:
+                # Whole rows in the same spans: the ranks have agreed on the call count already.
+                prefix = 0
+            elif prefix_cache is not None:
+                prefix_cache.insert(lists[plan.rows[0]][:prefix], cache)
+        for start, stop in plan.spans:
+            rows = plan.rows[start:stop]
+            suffixes = [tokens[i][prefix:] for i in rows]
+            # Suffix position of each row's first scored row (the one predicting its first response token)
+            # and one past its last; the LM head runs on the union of those spans.
+            first = [s.numel() - responses[i].numel() - 1 for s, i in zip(suffixes, rows, strict=True)]
+            low, high = min(first), max(s.numel() - 1 for s in suffixes)
+            inputs = _suffix_inputs(suffixes, prefix, cache, range(low, high), pad_token_id)
+            logits = model(**inputs).logits
+            for row, index in enumerate(rows):
+                response = responses[index]
+                offset = first[row] - low
+                given = ids[index] if ids is not None else None
+                scores[index] = _chunked_scores(
+                    logits[row, offset : offset + response.numel()],
+                    response,
+                    temperature,
+                    k,
+                    given,
+                    chunk_size,
+                )
+            del logits, inputs
+        del cache
+    if total_calls > calls:
+        parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+        device = tokens[0].device if tokens else (parameter.device if parameter is not None else None)
+        idle = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
+        for _ in range(total_calls - calls):
+            model(input_ids=idle, use_cache=False, logits_to_keep=1)
     return [scores[index] for index in range(len(tokens))]
 
 
