@@ -1,7 +1,7 @@
 """Shows that tests catch the bugs they are named for: each check breaks the code on a copy of the
 repository and runs the tests that must then fail.
 
-    .venv/bin/python scripts/mutation_checks.py            # every check (~1 minute)
+    .venv/bin/python scripts/mutation_checks.py            # every unit-level check (5-10 minutes)
     .venv/bin/python scripts/mutation_checks.py --list
     .venv/bin/python scripts/mutation_checks.py extraction-prompt-without-knowledge
 
@@ -214,9 +214,42 @@ MUTATIONS = [
         "shm-cleanup-by-name-only",
         "the shared-memory cleanup matches mappings by name only, deleting a neighbour's new semaphore",
         "verl_oel/platform/shm.py",
-        "            if (SHM_DIR / name).stat().st_ino in inodes:\n",
-        "            if False:\n",
+        "            if (pids := by_inode.get((SHM_DIR / name).stat().st_ino)) is not None:\n",
+        "            if (pids := None) is not None:\n",
         ("tests/platform/test_shm_cleanup.py::test_a_semaphore_another_run_just_created_is_kept",),
+    ),
+    Mutation(
+        "damaged-checkpoint-not-checked",
+        "the restart check does not look at finished checkpoints: a deleted one fails only when it is read",
+        "verl_oel/oel/run_integrity.py",
+        "    if stage == CHECKPOINT:  # the round's model",
+        "    if False:  # the round's model",
+        (
+            "tests/oel/test_oel_run_integrity.py::"
+            "test_a_damaged_run_directory_is_refused_naming_the_file_and_nothing_is_changed",
+        ),
+    ),
+    Mutation(
+        "checkpoint-copied-in-place",
+        "the checkpoint is copied straight into its folder: a full disk leaves a partial model there",
+        "verl_oel/oel/trainer.py",
+        "        shutil.copytree(source, staging, dirs_exist_ok=True)\n",
+        "        shutil.copytree(source, target, dirs_exist_ok=True)\n",
+        (
+            "tests/oel/test_oel_run_integrity.py::"
+            "test_a_full_disk_during_a_checkpoint_keeps_every_model_whole_and_the_run_resumes",
+        ),
+    ),
+    Mutation(
+        "shm-ledger-takes-a-neighbours-segment",
+        "a launch's ledger writes down every new /dev/shm segment, a neighbour run's too, for later removal",
+        "verl_oel/platform/shm.py",
+        "if name in new and pids & ours)",
+        "if name in new)",
+        (
+            "tests/platform/test_shm_cleanup.py::"
+            "test_what_a_killed_launch_left_is_removed_at_the_next_start_and_nothing_else",
+        ),
     ),
     Mutation(
         "eval-cli-drops-the-knowledge",
@@ -235,6 +268,42 @@ MUTATIONS = [
         "if trained else None\n        result = self._evaluate(round, self._round_knowledge(round))\n",
         (
             "tests/oel/test_oel_learns_cpu.py::test_without_consolidation_nothing_is_learned_and_no_knowledge_leaks",
+        ),
+        stack="verl",
+    ),
+    Mutation(
+        "teacher-refresh-does-nothing",
+        "a round's teacher refresh leaves the ref model as it was: round 2's teacher is the base, not pi_1",
+        "verl_oel/oel/trainer.py",
+        "        self.refresh_teacher()\n        teacher = self.state.previous_model(round)\n",
+        "        teacher = self.state.previous_model(round)\n",
+        (
+            "tests/oel/test_oel_run_cpu.py::"
+            "test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one",
+        ),
+        stack="verl",
+    ),
+    Mutation(
+        "consolidation-climbs-the-kl",
+        "the update's loss has the wrong sign: the student moves away from the teacher",
+        "verl_oel/distill/actor_loss.py",
+        "            loss_mat=per_token,\n",
+        "            loss_mat=-per_token,\n",
+        (
+            "tests/distill/test_consolidation_cpu.py::"
+            "test_kl_to_the_knowledge_conditioned_teacher_falls[one rank]",
+        ),
+        stack="verl",
+    ),
+    Mutation(
+        "resume-after-consolidation-from-the-previous-model",
+        "a run killed after consolidation, before its checkpoint, resumes from pi_{r-1}: the round's "
+        "training is lost",
+        "verl_oel/oel/run_state.py",
+        "        if self.is_done(step.round, CONSOLIDATION):\n",
+        "        if False:\n",
+        (
+            "tests/oel/test_oel_run_cpu.py::test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result",
         ),
         stack="verl",
     ),
@@ -297,7 +366,7 @@ def _copy_of_the_repository(into: Path) -> Path:
     return into
 
 
-def _pytest(copy: Path, tests: tuple[str, ...]) -> int:
+def _pytest(copy: Path, tests: tuple[str, ...]) -> tuple[int, list[str]]:
     # The copy's package first on the path, ahead of the editable install of the working tree.
     env = {**os.environ, "PYTHONPATH": f"{copy}{os.pathsep}{copy / 'tests'}"}
     probe = subprocess.run(
@@ -310,27 +379,37 @@ def _pytest(copy: Path, tests: tuple[str, ...]) -> int:
     ).stdout.strip()
     if not Path(probe).resolve().is_relative_to(copy.resolve()):
         raise SystemExit(f"the copy's tests would import {probe}, not the copy's package")
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
         cwd=copy,
         env=env,
         capture_output=True,
         text=True,
-    ).returncode
+    )
+    failures = [line[:300] for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return done.returncode, failures
 
 
-def run(mutation: Mutation) -> dict:
+def run(mutation: Mutation, broken_only: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="verl-oel-mutation-") as tmp:
         copy = _copy_of_the_repository(Path(tmp))
-        unbroken = _pytest(copy, mutation.tests)
+        unbroken = None if broken_only else _pytest(copy, mutation.tests)[0]
         target = copy / mutation.path
         source = target.read_text()
         if source.count(mutation.old) != 1:
             raise SystemExit(f"{mutation.name}: the code to break is not once in {mutation.path}; update it")
         target.write_text(source.replace(mutation.old, mutation.new))
-        broken = _pytest(copy, mutation.tests)
-    caught = unbroken == 0 and broken != 0
-    return {"name": mutation.name, "caught": caught, "unbroken_exit": unbroken, "broken_exit": broken}
+        broken, failures = _pytest(copy, mutation.tests)
+    caught = unbroken in (0, None) and broken != 0
+    return {
+        "name": mutation.name,
+        "caught": caught,
+        "unbroken_exit": unbroken,  # None: not run (--broken-only)
+        "broken_exit": broken,
+        # What failed and why (pytest's summary lines): a failure for another reason (a launch that could
+        # not start, a timeout) is not the bug being caught.
+        "broken_failures": failures,
+    }
 
 
 def main() -> None:
@@ -338,6 +417,12 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="checks to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the checks and the bug each plants")
     parser.add_argument("--verl", action="store_true", help="also the checks whose tests launch verl")
+    parser.add_argument(
+        "--broken-only",
+        action="store_true",
+        help="skip the run on the unbroken copy (for [verl] checks on a commit whose suite passed: halves "
+        "their cost; the JSON then says unbroken_exit null)",
+    )
     args = parser.parse_args()
     by_name = {m.name: m for m in MUTATIONS}
     if args.list:
@@ -350,10 +435,12 @@ def main() -> None:
     results = []
     default = [m for m in MUTATIONS if args.verl or m.stack == "unit"]
     for m in [by_name[n] for n in args.names] or default:
-        result = run(m)
+        result = run(m, broken_only=args.broken_only)
         results.append(result)
         verdict = "caught" if result["caught"] else "NOT CAUGHT"
         print(f"{m.name}: {verdict} ({m.why})", flush=True)
+        for line in result["broken_failures"]:
+            print(f"    {line}", flush=True)
     caught = sum(r["caught"] for r in results)
     print(json.dumps({"checks": len(results), "caught": caught, "results": results}))
     if not all(r["caught"] for r in results):

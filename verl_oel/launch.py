@@ -8,6 +8,7 @@ behind are removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import queue
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .network import network_env
-from .platform.shm import cleanup_new_shm_segments
+from .platform.shm import SegmentLedger, cleanup_new_shm_segments
 from .recipe_checks import RecipeError, check_recipe, derived_lengths
 from .recipe_loader import compose_recipe, process_env_of, resolve_recipe
 
@@ -87,6 +88,7 @@ def run_recipe(
     log_file: Path | None = None,
     echo: bool = False,
     console: Any = None,
+    shm_ledger: Path | None = None,
 ) -> int:
     """Run ``recipe`` with Hydra ``overrides``; returns verl's exit code (2: invalid recipe).
 
@@ -95,7 +97,9 @@ def run_recipe(
     written through line by line (without one, the output goes to the console as is); with ``echo``
     it is also shown live, and ``console`` (a ``verl_oel.console.ConsoleView``) sees every line and
     is ticked about once a second. When the launch fails, the end of the log (the traceback) and the
-    log's path are printed to stderr. verl dies if this process dies.
+    log's path are printed to stderr. verl dies if this process dies. The /dev/shm segments the launch
+    made and left are removed when it ends; with ``shm_ledger`` they are also written down as they appear
+    (``platform.shm.SegmentLedger``), so that those of a SIGKILLed launch can be removed later.
     """
     env = dict(os.environ)
     env.update(extra_env or {})
@@ -113,7 +117,8 @@ def run_recipe(
         env.setdefault(key, value)
     env.setdefault("PYTHONUNBUFFERED", "1")  # the driver's own prints reach the log as they happen
     command = verl_command(recipe, [*overrides, *(length.override() for length in derived)])
-    with cleanup_new_shm_segments():
+    ledger = SegmentLedger(shm_ledger) if shm_ledger is not None else contextlib.nullcontext()
+    with ledger, cleanup_new_shm_segments():  # the cleanup first, then the ledger keeps what is left
         if log_file is None:
             return subprocess.call(command, env=env, preexec_fn=_die_with_parent)
         log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -167,7 +167,9 @@ def test_kl_to_the_knowledge_conditioned_teacher_falls(steps):
     kl = [steps[s]["actor/oel/kl"] for s in range(2, 2 + KNOWLEDGE_STEPS)]
     assert kl[0] > 1e-3, kl  # the knowledge really changes the teacher
     early, late = (kl[0] + kl[1]) / 2, (kl[-2] + kl[-1]) / 2
-    assert late < 0.6 * early, kl  # falls by at least 40 %
+    # Measured over the 8 knowledge steps: late / early = 0.4722 in each of 6 launches (3 suite runs of
+    # 2026-12-03, one and two ranks; they agree to 2e-6). The bar leaves 6 % for another CPU's round-off.
+    assert late < 0.5 * early, kl
     assert steps[1 + KNOWLEDGE_STEPS]["actor/grad_norm"] < steps[2]["actor/grad_norm"], kl
     for key in ("actor/oel/student_entropy", "actor/oel/teacher_entropy", "actor/oel/student_topk_mass"):
         assert key in steps[2]

@@ -1,4 +1,5 @@
-"""The OEL loop LEARNS: a shortened ``oel-cpu-demo`` run through verl's real stack on CPU.
+"""The OEL loop LEARNS: a shortened ``oel-cpu-demo`` run through verl's real stack on CPU (the first test
+runs it as the README's main job does, ``verl-oel demo``).
 
 The warmed tiny model has never been trained on the held-out family's rule, so without knowledge it plays
 at chance (1 in 4; measured 19-22 %, 6-7 of 32 games, at seed 0; 94 % after one round). One OEL round (it
@@ -14,6 +15,7 @@ weights with round 1's checkpoint.)
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from oel_testing import run_verl_oel
@@ -29,26 +31,39 @@ MIN_GAIN = 0.30
 def _one_round(tmp_path, warm_model_dir, recipe: str, *overrides: str):
     """One round of ``recipe`` from the warmed model: (base eval, round-1 eval, round 1's stage markers)."""
     run_dir = tmp_path / "run"
-    proc = run_verl_oel(
-        [
-            "train",
-            "--config-name",
-            recipe,
-            f"actor_rollout_ref.model.path={warm_model_dir}",
-            f"trainer.default_local_dir={run_dir}",
-            "oel.rounds=1",
-            *overrides,
-        ],
-        timeout=1500,
-    )
+    command = [
+        "train",
+        "--config-name",
+        recipe,
+        f"actor_rollout_ref.model.path={warm_model_dir}",
+        f"trainer.default_local_dir={run_dir}",
+    ]
+    _succeeds(command + ["oel.rounds=1", *overrides])
+    return _read_round_1(run_dir)
+
+
+def _succeeds(command: list[str]) -> str:
+    proc = run_verl_oel(command, timeout=1500)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
+    return proc.stdout
+
+
+def _read_round_1(run_dir):
     layout = RunLayout(run_dir.resolve())
     base, trained = (load_round_eval(layout.eval_json(r)) for r in (0, 1))
     return base, trained, read_stage_markers(layout, 1)
 
 
 def test_one_round_of_oel_lifts_the_pass_rate_without_knowledge_by_30_points(tmp_path, warm_model_dir):
-    base, trained, markers = _one_round(tmp_path, warm_model_dir, "oel-cpu-demo")
+    """Run as the README's main job runs it, ``verl-oel demo`` (shortened to one round), with the warmed
+    model already built in the demo's folder: the demo finds it there (same build settings), then trains
+    ``oel-cpu-demo`` from it into its run folder."""
+    shutil.copytree(warm_model_dir, tmp_path / "models" / "warm")
+    console = _succeeds(["demo", "--run-dir", str(tmp_path), "oel.rounds=1"])
+    assert f"verl-oel demo: model {tmp_path / 'models' / 'warm'}\n" in console, console[-3000:]
+    assert "1 round(s) of hidden-rule" in console, console[-3000:]
+    base, trained, markers = _read_round_1(tmp_path / "oel-cpu-demo")
+    assert markers["teacher_refresh"]["summary"]["teacher"] == str(tmp_path / "models" / "warm")
     extraction = markers["extraction"]["summary"]
     report = (
         f"base {base.pass_rate_no_knowledge:.2f}, after round 1 {trained.pass_rate_no_knowledge:.2f} "

@@ -17,7 +17,10 @@ streams and games). What a killed-and-resumed run reproduces, checked here:
   reference's by that spread, so its records (the knowledge) may be other text (in the run measured they
   were both empty: the trained random model's replies hold bytes the parser drops); the test compares its
   games and its teacher. Every stage finished before a kill is kept byte for byte by the resumed launch
-  (never redone), in both rounds.
+  (never redone), in both rounds;
+- every evaluation played the weights it reports on (``model_fingerprint``: round 1's after the kill that
+  found it consolidated but not checkpointed is pi_1, not pi_0 again);
+- what each killed launch left in /dev/shm is gone once the run has been started again.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from verl_oel.console import console_output_problems
 from verl_oel.knowledge import KnowledgeCounts, load_stream, stream_path
 from verl_oel.oel import STAGES, RunLayout, load_round_eval
 from verl_oel.oel.run_state import STAGE_OUTPUTS, read_stage_markers
+from verl_oel.platform.shm import SHM_DIR
 
 pytestmark = pytest.mark.verl
 
@@ -218,6 +222,9 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
     assert teacher[2]["teacher"] == round_1_model["model"]
     assert teacher[2]["teacher_fingerprint"] == pytest.approx(round_1_model["fingerprint"], rel=1e-9)
     assert teacher[2]["teacher_fingerprint"] != pytest.approx(base, rel=1e-9)
+    # Each evaluation says which weights it played: the base in round 0, the teacher with the knowledge,
+    # the round's own model without it.
+    _assert_each_evaluation_played_its_model(layout, base)
 
     # Every stage also reached verl's tracking (here its file backend), and the report is whole.
     logs = list((reference_run / "logs").glob("metrics_*.jsonl"))
@@ -229,6 +236,8 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
 
 
 def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(reference_run, tiny_model_dir):
+    from verl_oel.oel.trainer import verify_hf_folder
+
     run_dir = reference_run.parent / "killed"
     layout = RunLayout(run_dir.resolve())
 
@@ -245,6 +254,7 @@ def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(referenc
         # the last one, so it adds a verl launch and no new path.)
     ]
     finished_at_kill = []
+    left_in_shm: list[list[str]] = []  # per kill: what the killed launch left in /dev/shm (its ledger says)
     for attempt, (round, stage, ready) in enumerate(kills):
 
         def started_not_done(round=round, stage=stage, ready=ready) -> bool:
@@ -255,7 +265,15 @@ def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(referenc
         # (a Ray worker, which outlives the launcher by seconds) marked nothing more (run_state.py).
         assert not _done(layout, round, stage), f"kill point {attempt}: {stage} was marked after the kill"
         finished_at_kill.append(_finished_stage_files(layout))
+        ledgers = (run_dir / "logs").glob("shm_*.txt")
+        named = {name for ledger in ledgers for name in ledger.read_text().split()}
+        left_in_shm.append(sorted(name for name in named if (SHM_DIR / name).exists()))
     finish(start_run(tiny_model_dir, run_dir, len(kills)), run_dir, len(kills))
+    # What the killed launches left in /dev/shm (measured: a kill leaves verl's weight-sync blocks and a
+    # vLLM semaphore) was removed by the next start of the run; the last launch ended and cleaned up itself.
+    print(f"left in /dev/shm by each kill: {left_in_shm}")
+    assert any(left_in_shm), "no kill left anything in /dev/shm: the check below would prove nothing"
+    assert not [name for names in left_in_shm for name in names if (SHM_DIR / name).exists()]
     # Each attempt resumed where the previous one was killed: every launch after the first found work done.
     sessions = json.loads(layout.run_json.read_text())["sessions"]
     assert len(sessions) == len(kills) + 1
@@ -308,6 +326,28 @@ def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(referenc
         assert seeds[0] == seeds[1] and len(seeds[0]) == 2
     teacher = read_stage_markers(layout, 2)["teacher_refresh"]["summary"]
     assert teacher["teacher"] == str(layout.checkpoint_dir(1))
+    # Every evaluation of the resumed run played the weights it reports on; round 1's after the kill that
+    # found it consolidated but not checkpointed: pi_1 from consolidation's folder, not pi_0 again.
+    _assert_each_evaluation_played_its_model(layout, verify_hf_folder(tiny_model_dir)[1])
+
+
+def _assert_each_evaluation_played_its_model(layout: RunLayout, base: list[float]) -> None:
+    """The weights each evaluation stage played (the actor's fingerprint as it ran) are its model's: the
+    base (round 0), the round's teacher (``in_context``), the round's checkpoint (``evaluation``); never
+    the base after round 0."""
+    from verl_oel.oel.trainer import verify_hf_folder
+
+    assert read_stage_markers(layout, 0)["evaluation"]["summary"]["model_fingerprint"] == pytest.approx(
+        base, rel=1e-9
+    )
+    for round in (1, 2):
+        markers = {stage: marker["summary"] for stage, marker in read_stage_markers(layout, round).items()}
+        assert markers["in_context"]["model_fingerprint"] == pytest.approx(
+            markers["teacher_refresh"]["teacher_fingerprint"], rel=1e-9
+        ), round
+        _, checkpoint = verify_hf_folder(layout.checkpoint_dir(round))
+        assert markers["evaluation"]["model_fingerprint"] == pytest.approx(checkpoint, rel=1e-9), round
+        assert markers["evaluation"]["model_fingerprint"] != pytest.approx(base, rel=1e-9), round
 
 
 def _finished_stage_files(layout: RunLayout) -> dict[str, str]:

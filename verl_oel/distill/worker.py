@@ -261,6 +261,14 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
             raise RuntimeError("teacher_fingerprint needs a worker holding the ref model")
         return weights_fingerprint(self.ref.engine.module)
 
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def actor_fingerprint(self) -> list[float]:
+        """``weights_fingerprint`` of the actor: the policy the rollout server plays (verl loads both from
+        one folder and syncs the server after every update), to record which weights an evaluation ran."""
+        if self.actor is None:
+            raise RuntimeError("actor_fingerprint needs a worker holding the actor")
+        return weights_fingerprint(self.actor.engine.module)
+
 
 def weights_fingerprint(module: torch.nn.Module) -> list[float]:
     """(sum, sum of squares) of every parameter in float64: equal for the same weights however they are

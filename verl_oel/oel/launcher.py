@@ -7,7 +7,8 @@ every stage of every round inside ONE verl launch. The launcher:
 1. composes and checks the recipe (an impossible length budget or an unknown game fails here, naming
    the key, before any worker starts);
 2. opens the run directory: takes its lock for the whole run and checks that a resumed run has the
-   settings it started with (``RunState.open``);
+   settings it started with (``RunState.open``), and that every finished stage's files are still
+   there and readable (``run_integrity.check_finished_outputs``): a damaged run fails in seconds;
 3. launches verl's own ``main_ppo`` from the newest model the run has on disk
    (``RunState.start_model``: the base model, or the model the last finished stage produced), so a
    killed run restarts where it stopped; verl's process dies with this one (``launch.run_recipe``);
@@ -26,7 +27,16 @@ from verl_oel.console import ConsoleView, format_seconds, log_problem, stage_tot
 from verl_oel.launch import model_reference, run_recipe
 from verl_oel.oel.config import TRAINER_MODE, OELConfig
 from verl_oel.oel.report import render_report
-from verl_oel.oel.run_state import SAFE_TO_CHANGE, RunSpec, RunState
+from verl_oel.oel.run_integrity import check_finished_outputs
+from verl_oel.oel.run_state import (
+    SAFE_TO_CHANGE,
+    DamagedRunError,
+    RunConfigMismatchError,
+    RunLockedError,
+    RunSpec,
+    RunState,
+)
+from verl_oel.platform.shm import remove_leftovers
 from verl_oel.recipe_checks import RecipeError, check_recipe
 from verl_oel.recipe_loader import compose_recipe
 
@@ -81,7 +91,17 @@ def run_oel(recipe: str, overrides: list[str], verbose: bool = False) -> int:
         skip_stages=loop.skip_stages,
     )
     started = time.monotonic()
-    with RunState.open(run_dir, spec, safe_to_change=OEL_SAFE_TO_CHANGE) as state:
+    try:
+        state = RunState.open(run_dir, spec, safe_to_change=OEL_SAFE_TO_CHANGE)
+    except (RunConfigMismatchError, RunLockedError, DamagedRunError) as error:
+        print(f"verl-oel: {error}", file=sys.stderr)
+        return 2
+    with state:
+        try:
+            check_finished_outputs(state)  # before verl starts: a damaged run fails in seconds
+        except DamagedRunError as error:
+            print(f"verl-oel: {error}", file=sys.stderr)
+            return 2
         _say(f"run {state.layout.run_dir}: {loop.rounds} round(s) of {loop.game} from {base_model}")
         if (step := state.next_stage()) is not None:
             start_model = state.start_model()
@@ -90,6 +110,9 @@ def run_oel(recipe: str, overrides: list[str], verbose: bool = False) -> int:
             # One log and one metrics file per launch: verl's file logger truncates its file when it opens
             # it, and a resumed run must keep what the killed launch logged.
             stamp = time.strftime("%Y%m%d_%H%M%S")
+            # What killed launches of this run left in /dev/shm (their ledgers say), and only that.
+            if removed := remove_leftovers(state.layout.logs_dir):
+                _say(f"removed {len(removed)} shared-memory segment(s) a killed launch left in /dev/shm")
             log_file = state.layout.logs_dir / f"verl_{stamp}.log"
             _say(f"verl's output: {log_file}" + ("" if verbose else " (-v shows it here)"))
             console = ConsoleView(
@@ -105,6 +128,7 @@ def run_oel(recipe: str, overrides: list[str], verbose: bool = False) -> int:
                 log_file=log_file,
                 echo=verbose,
                 console=console,
+                shm_ledger=state.layout.logs_dir / f"shm_{stamp}.txt",
             )
             if code != 0:
                 log_problem(

@@ -122,6 +122,11 @@ class RunConfigMismatchError(ValueError):
     """A resumed run whose settings differ from the ones its finished stages were computed with."""
 
 
+class DamagedRunError(RuntimeError):
+    """A run directory whose files are missing or unreadable; the message names the file and what to do
+    (``run_integrity.check_finished_outputs`` checks every finished stage before a run restarts)."""
+
+
 class RunLockedError(RuntimeError):
     """Another live process holds the run directory."""
 
@@ -341,7 +346,14 @@ class RunState:
             sessions: list[dict[str, Any]] = []
             created_at = _now()
             if layout.run_json.exists():
-                stored_document = json.loads(layout.run_json.read_text(encoding="utf-8"))
+                try:
+                    stored_document = json.loads(layout.run_json.read_text(encoding="utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                    raise DamagedRunError(
+                        f"{layout.run_json} is unreadable ({error}): the run's settings and history are "
+                        "lost. Restore the file, or start a new run elsewhere "
+                        "(trainer.default_local_dir=DIR)."
+                    ) from error
                 if stored_document.get("format_version") != FORMAT_VERSION:
                     raise RunConfigMismatchError(
                         f"{layout.run_json}: format_version {stored_document.get('format_version')!r}; "

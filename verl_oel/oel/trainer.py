@@ -211,7 +211,8 @@ class OELTrainer(ConsolidationTrainer):
     # ---------------------------------------------------------------- the stages
 
     def _evaluate(self, round: int, knowledge: list[str] | None, stage: str = EVALUATION) -> dict[str, float]:
-        """The held-out games, played by the model the rollout server holds now."""
+        """The held-out games, played by the model the rollout server holds now; ``model_fingerprint``
+        says which weights those are (comparable with a saved model's ``weights_fingerprint``)."""
         name = "with_knowledge" if knowledge else "no_knowledge"
         path = self.state.layout.stage_dir(round, stage) / f"{name}.parquet"
         metrics = self._play(evaluation_rows(self.loop, knowledge), path)
@@ -219,6 +220,7 @@ class OELTrainer(ConsolidationTrainer):
         return {
             "pass_rate": validation_metric(metrics, source, "pass"),
             "tokens_per_turn": validation_metric(metrics, source, "tokens_per_turn"),
+            "model_fingerprint": self.actor_rollout_wg.actor_fingerprint()[0],
         }
 
     def _evaluate_base(self, round: int) -> dict[str, Any]:
@@ -359,20 +361,26 @@ class OELTrainer(ConsolidationTrainer):
             else None,
         )
         save_round_eval(self.state.layout, record)
-        return {"pass_rate": result["pass_rate"], "tokens_per_turn": result["tokens_per_turn"]}
+        return result
 
     def _checkpoint(self, round: int) -> dict[str, Any]:
-        """Copy pi_r's HF folder beside the checkpoint folder, check transformers loads it, then rename it
-        in: the checkpoint folder is either absent (stage unfinished) or whole."""
-        target = self.state.layout.checkpoint_dir(round)
-        source = Path(self.state.summary(round, CONSOLIDATION)["hf_model"])
-        for leftover in leftover_temporaries(target):  # a killed attempt's copy
-            shutil.rmtree(leftover)
-        with staged_folder(target) as staging:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
-            parameters, fingerprint = verify_hf_folder(staging)
-            publish_folder(staging, target)  # replaces the empty folder stage_dir_for_retry made
-        return {"model": str(target), "parameters": parameters, "fingerprint": fingerprint}
+        return publish_checkpoint(self.state, round)
+
+
+def publish_checkpoint(state: RunState, round: int) -> dict[str, Any]:
+    """Copy pi_r's HF folder beside the checkpoint folder, check transformers loads it, then rename it in:
+    the checkpoint folder is either absent (stage unfinished) or whole. A copy that fails (a full disk)
+    leaves no copy behind, the previous rounds' checkpoints and consolidation's folder untouched, and the
+    stage unfinished: the same command resumes it once there is room."""
+    target = state.layout.checkpoint_dir(round)
+    source = Path(state.summary(round, CONSOLIDATION)["hf_model"])
+    for leftover in leftover_temporaries(target):  # a killed attempt's copy
+        shutil.rmtree(leftover)
+    with staged_folder(target) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        parameters, fingerprint = verify_hf_folder(staging)
+        publish_folder(staging, target)  # replaces the empty folder stage_dir_for_retry made
+    return {"model": str(target), "parameters": parameters, "fingerprint": fingerprint}
 
 
 def verify_hf_folder(folder: Path) -> tuple[int, list[float]]:
