@@ -252,6 +252,36 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "launches-report-usage",
+        "a launch leaves vLLM's and Ray's usage reports on (vLLM posts to its server, appends to ~/.config)",
+        "verl_oel/network.py",
+        "    env = {API_KEY: secrets.token_urlsafe(32), **NO_USAGE_REPORTS}\n",
+        "    env = {API_KEY: secrets.token_urlsafe(32)}\n",
+        ("tests/test_network.py::test_a_launch_turns_off_vllms_and_rays_usage_reports",),
+    ),
+    Mutation(
+        "tail-aware-loss-gradient-left-to-autograd",
+        "the tail-aware top-k loss lets autograd differentiate its value: equal in exact arithmetic, but at "
+        "teacher == student its gradient is round-off, not 0",
+        "verl_oel/distill/losses.py",
+        "    per_token = value + (grad * (student - student.detach())).sum(-1)\n",
+        "    tail = _log_tail_mass(student)\n"
+        "    per_token = (student.exp() * (student - teacher)).sum(-1) + tail.exp() * (tail - "
+        "_log_tail_mass(teacher))\n",
+        (
+            "tests/distill/test_losses.py::"
+            "test_tail_aware_topk_reverse_kl_is_exactly_zero_with_zero_gradient_at_teacher_equal_student",
+        ),
+    ),
+    Mutation(
+        "a-negative-knowledge-budget-accepted",
+        "oel.extraction.budget_tokens is not checked at start (a negative budget reached the length sums)",
+        "verl_oel/oel/extraction_stage.py",
+        '            for key in ("num_streams", "games_per_stream", "budget_tokens", "max_item_tokens")\n',
+        '            for key in ("num_streams", "games_per_stream", "max_item_tokens")\n',
+        ("tests/oel/test_oel_config.py::test_a_bad_extraction_value_is_named_in_full",),
+    ),
+    Mutation(
         "eval-cli-drops-the-knowledge",
         "verl-oel eval --knowledge FILE plays prompts without the knowledge, still reporting with_knowledge",
         "verl_oel/evaluation.py",

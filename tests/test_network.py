@@ -37,6 +37,7 @@ def test_auto_is_loopback_on_one_node_and_the_nodes_address_when_others_must_rea
     assert listen_mode(config()) == "loopback"
     assert listen_mode(config(nnodes=2)) == "node"
     assert listen_mode(config(address="10.0.0.1:6379")) == "node"
+    assert listen_mode(config(address="local")) == "loopback"  # Ray's own new cluster, joining none
     assert listen_mode(config(listen="node")) == "node"
     assert SINGLE_MACHINE_RAY in network_env(config())
     assert SINGLE_MACHINE_RAY not in network_env(config(nnodes=2))
@@ -84,6 +85,26 @@ def test_rays_node_address_in_a_worker_is_loopback_with_the_switch(switch):
         pytest.skip("this machine routes through loopback only: nothing to compare")
     else:
         assert not address.startswith("127.")
+
+
+@pytest.mark.parametrize("launch_env", [True, False])
+def test_a_launch_turns_off_vllms_and_rays_usage_reports(launch_env):
+    """vLLM's and Ray's own answers, in a fresh interpreter, to "do I report usage?" (vLLM's engine would
+    post to its project's server and append to the user's ``~/.config/vllm/usage_stats.json``), with a
+    launch's environment and without it. The CPU run's check: tests/oel/test_oel_run_cpu.py."""
+    code = (
+        "from vllm.usage.usage_lib import is_usage_stats_enabled as vllm_reports\n"
+        "from ray._common.usage.usage_lib import usage_stats_enabled as ray_reports\n"
+        "print(vllm_reports(), ray_reports())"
+    )
+    switches = set(network_env(config())) - {API_KEY, SINGLE_MACHINE_RAY, RUNTIME_LORA}
+    base = {k: v for k, v in os.environ.items() if k not in switches | {"DO_NOT_TRACK", "VLLM_DO_NOT_TRACK"}}
+    base["VLLM_CONFIG_ROOT"] = "/nonexistent/vllm-config"  # no user's do_not_track file decides for us
+    env = {**base, **(network_env(config()) if launch_env else {})}
+    answer = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()[-2:]
+    assert answer == (["False", "False"] if launch_env else ["True", "True"])
 
 
 def test_the_socket_reader_sees_what_a_process_listens_on_and_where():

@@ -23,6 +23,14 @@ verl's own clients do not use HTTP (they call the server's Ray actor), so nothin
 Runtime LoRA loading stays off unless the recipe trains LoRA (``actor_rollout_ref.model.lora_rank``),
 verl's only use of it.
 
+No launch reports usage: vLLM's engine, unless told otherwise, sends usage statistics to its project's
+server at start and every 10 minutes after, and appends them to ``~/.config/vllm/usage_stats.json``, one
+file shared by every run of the user on the machine (``vllm/usage/usage_lib.py``; rank 0's GPU worker
+reports, vLLM's CPU worker skips it); Ray's ``ray.init`` collects its own. A training run has no
+business on a network it was not asked to use, so each launch sets both projects' documented off
+switches (``VLLM_NO_USAGE_STATS=1``, ``RAY_USAGE_STATS_ENABLED=0``); as with every variable here, one the
+user has set wins.
+
 Multi-node runs (``trainer.nnodes > 1``, or ``ray_kwargs.ray_init.address`` joining a cluster) must be
 reachable from the other nodes: ``auto`` leaves Ray's addresses alone there, and the key reaches only
 workers on the launching node (others inherit the environment of their ``ray start``). The README's
@@ -44,6 +52,8 @@ SINGLE_MACHINE_RAY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 API_KEY = "VLLM_API_KEY"
 RUNTIME_LORA = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+NO_USAGE_REPORTS = {"VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+"""vLLM's and Ray's own switches for their usage statistics (sent over the network, see above)."""
 
 
 def _select(config: DictConfig, key: str):
@@ -51,7 +61,8 @@ def _select(config: DictConfig, key: str):
 
 
 def _multi_node(config: DictConfig) -> bool:
-    joins_a_cluster = bool(_select(config, "ray_kwargs.ray_init.address"))
+    # "local" is Ray's "start a cluster of my own, join none" (ray.init's docstring).
+    joins_a_cluster = _select(config, "ray_kwargs.ray_init.address") not in (None, "", "local")
     return int(_select(config, "trainer.nnodes") or 1) > 1 or joins_a_cluster
 
 
@@ -86,7 +97,7 @@ def uses_lora(config: DictConfig) -> bool:
 def network_env(config: DictConfig) -> dict[str, str]:
     """Environment for the launch's driver (Ray's local processes and workers inherit it); a variable the
     caller already set wins, so a user can always choose otherwise."""
-    env = {API_KEY: secrets.token_urlsafe(32)}
+    env = {API_KEY: secrets.token_urlsafe(32), **NO_USAGE_REPORTS}
     if listen_mode(config) == LOOPBACK:
         env[SINGLE_MACHINE_RAY] = "0"
     if not uses_lora(config):

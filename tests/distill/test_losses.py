@@ -15,7 +15,7 @@ from verl_oel.distill.losses import (
     topk_support,
 )
 
-ALL_LOSSES = ("topk_reverse_kl", "full_reverse_kl", "forward_kl", "k1", "k3")
+ALL_LOSSES = ("topk_reverse_kl", "topk_reverse_kl_tail", "full_reverse_kl", "forward_kl", "k1", "k3")
 B, T, V = 3, 5, 11
 
 
@@ -37,6 +37,17 @@ def ref_topk_reverse_kl(student, teacher, mask, temperature, ids):
     log_p = ref_log_probs(student, temperature).gather(-1, ids)
     log_q = ref_log_probs(teacher, temperature).gather(-1, ids)
     return ref_token_mean((log_p.exp() * (log_p - log_q)).sum(-1), mask)
+
+
+def ref_topk_reverse_kl_tail(student, teacher, mask, temperature, ids):
+    """The reverse KL between both distributions coarsened to the ids and one bucket for the rest."""
+    log_p = ref_log_probs(student, temperature).gather(-1, ids)
+    log_q = ref_log_probs(teacher, temperature).gather(-1, ids)
+    tail_p, tail_q = 1 - log_p.exp().sum(-1), 1 - log_q.exp().sum(-1)
+    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
+    if ids.shape[-1] < student.shape[-1]:  # a whole-vocabulary support has no tail
+        per_token = per_token + tail_p * (tail_p.log() - tail_q.log())
+    return ref_token_mean(per_token, mask)
 
 
 def ref_full_kl(student, teacher, mask, temperature, reverse=True):
@@ -192,7 +203,7 @@ def test_topk_losses_with_k_at_least_vocab_are_the_full_kls():
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["full_reverse_kl", "forward_kl", "topk_reverse_kl"])
+@pytest.mark.parametrize("name", ["full_reverse_kl", "forward_kl", "topk_reverse_kl", "topk_reverse_kl_tail"])
 def test_chunk_size_changes_nothing(name):
     student, teacher, mask, tau, _ = make_case(seed=7)
     results = []
@@ -288,6 +299,7 @@ def test_batch_without_response_tokens_is_zero_not_nan(name):
     ("name", "options"),
     [
         ("topk_reverse_kl", {"k": 4}),
+        ("topk_reverse_kl_tail", {"k": 4}),
         ("full_reverse_kl", {}),
         ("forward_kl", {}),
         ("forward_kl", {"support": "teacher_topk", "k": 4}),
@@ -306,7 +318,7 @@ def test_no_gradient_reaches_the_teacher(name, options):
     assert teacher_logits.grad is None
 
 
-@pytest.mark.parametrize("name", ["topk_reverse_kl", "k1", "k3"])
+@pytest.mark.parametrize("name", ["topk_reverse_kl", "topk_reverse_kl_tail", "k1", "k3"])
 def test_no_gradient_reaches_shipped_teacher_logprobs(name):
     student, teacher, mask, tau, sampled = make_case(seed=10)
     ids = topk_support(student, 4)
@@ -321,7 +333,7 @@ def test_no_gradient_reaches_shipped_teacher_logprobs(name):
         sampled_ids=sampled,
         teacher_sampled_logprobs=shipped_sampled,
     )
-    get_cd_loss(name)(batch, **({"k": 4} if name == "topk_reverse_kl" else {}))[0].backward()
+    get_cd_loss(name)(batch, **({"k": 4} if name.startswith("topk_") else {}))[0].backward()
     assert torch.count_nonzero(student.grad) > 0
     assert shipped_topk.grad is None and shipped_sampled.grad is None
 
@@ -399,15 +411,76 @@ def test_truncated_forward_kl_at_teacher_equal_student_pulls_mass_into_the_teach
     assert (grad[in_topk & mask[..., None]] < 0).all()  # descent raises the teacher's top-k logits
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("k", [1, 4, V - 1, V, V + 7])
+def test_tail_aware_topk_reverse_kl_matches_bruteforce(k, temperature):
+    """Value and gradient against plain float64 autograd, from teacher logits and from the log-probs a
+    teacher worker ships at the student's ids."""
+    student, teacher, mask, tau, _ = make_case(seed=30 + k, temperature=temperature)
+    ids = topk_support(student, k)
+    shipped = teacher_logprobs_at(teacher, ids, tau, chunk_size=2)
+    loss = get_cd_loss("topk_reverse_kl_tail")
+
+    def from_logits(s):
+        return loss(DistillationBatch(s, mask, tau, teacher_logits=teacher), k=k, chunk_size=4)[0]
+
+    def from_worker(s):
+        return loss(DistillationBatch(s, mask, tau, topk_ids=ids, teacher_topk_logprobs=shipped), k=k)[0]
+
+    for ours in (from_logits, from_worker):
+        assert_same(ours, lambda s: ref_topk_reverse_kl_tail(s, teacher, mask, tau, ids), student)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 3, V])
+def test_tail_aware_topk_reverse_kl_is_exactly_zero_with_zero_gradient_at_teacher_equal_student(k, dtype):
+    """What the plain top-k loss cannot give (its gradient there is ∇M, above): a teacher that says what
+    the student says leaves it exactly where it is, whichever path brings the teacher and in any dtype."""
+    student, _, mask, tau, _ = make_case(seed=16, dtype=dtype)
+    ids = topk_support(student, k)
+    batches = [
+        DistillationBatch(student, mask, tau, teacher_logits=student.detach().clone()),
+        DistillationBatch(
+            student, mask, tau, topk_ids=ids, teacher_topk_logprobs=teacher_logprobs_at(student, ids, tau)
+        ),
+    ]
+    for batch in batches:
+        loss, metrics = get_cd_loss("topk_reverse_kl_tail")(batch, k=k)
+        (grad,) = torch.autograd.grad(loss, student)
+        assert loss.item() == 0.0 and metrics["kl"].item() == 0.0
+        assert torch.count_nonzero(grad) == 0
+    # Not a loss that is zero everywhere: another teacher gives a loss and a gradient.
+    moved = DistillationBatch(student, mask, tau, teacher_logits=student.detach().flip(-1))
+    loss, _ = get_cd_loss("topk_reverse_kl_tail")(moved, k=k)
+    assert loss.item() > 0 and torch.count_nonzero(torch.autograd.grad(loss, student)[0]) > 0
+
+
+logit_rows = st.lists(st.floats(-20, 20, allow_nan=False), min_size=5, max_size=5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(student=logit_rows, teacher=logit_rows, k=st.integers(1, 5), temperature=st.floats(0.3, 2.0))
+def test_tail_aware_topk_reverse_kl_lies_between_zero_and_the_full_reverse_kl(
+    student, teacher, k, temperature
+):
+    """A KL between coarsened distributions: never negative, never above the exact reverse KL (merging
+    tokens into one bucket can only lose information), and equal to it when the support is everything."""
+    s = torch.tensor([[student]], dtype=torch.float64)
+    t = torch.tensor([[teacher]], dtype=torch.float64)
+    batch = DistillationBatch(s, torch.ones(1, 1), temperature, teacher_logits=t)
+    tail_aware = get_cd_loss("topk_reverse_kl_tail")(batch, k=k)[0].item()
+    full = get_cd_loss("full_reverse_kl")(batch)[0].item()
+    assert -1e-12 <= tail_aware <= full + 1e-9
+    if k == 5:
+        assert tail_aware == pytest.approx(full, rel=1e-9, abs=1e-12)
+
+
 def test_truncated_reverse_kl_can_be_negative():
     student = torch.tensor([[[4.0, 0.0, 0.0, 0.0]]])
     teacher = torch.tensor([[[6.0, 0.0, 0.0, 0.0]]])  # the teacher is surer of the top token
     batch = DistillationBatch(student, torch.ones(1, 1), teacher_logits=teacher)
     assert get_cd_loss("topk_reverse_kl")(batch, k=1)[0].item() < 0
     assert get_cd_loss("full_reverse_kl")(batch)[0].item() > 0
-
-
-logit_rows = st.lists(st.floats(-20, 20, allow_nan=False), min_size=5, max_size=5)
 
 
 @settings(max_examples=60, deadline=None)

@@ -548,11 +548,14 @@ def test_bf16_logits_take_one_temperature_path_and_empty_knowledge_gives_no_kl(t
     assert old.item() > 10 * max(abs(loss.item()), 1e-6)
 
 
-def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(tokenizer, model):
+@pytest.mark.parametrize("name", ["topk_reverse_kl", "topk_reverse_kl_tail"])
+def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(tokenizer, model, name):
+    """Both top-k losses as verl's update calls them (packed raw logits, the teacher worker's log-probs at
+    the student's top-k ids), against one-sequence forwards; the tail-aware one adds its tail bucket."""
     k = 16
     data, student_logits = verl_micro_batch(tokenizer, model, knowledge=KNOWLEDGE, k=k)
     loss, _, metrics = actor_loss_and_grad(
-        ConsolidationActorLoss(ConsolidationConfig(k=k), TEMPERATURE), data, student_logits
+        ConsolidationActorLoss(ConsolidationConfig(loss=name, k=k), TEMPERATURE), data, student_logits
     )
 
     per_token, masks = [], []
@@ -563,7 +566,11 @@ def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(t
         teacher = direct_log_probs(model, teacher_prompt, response)
         ids = torch.topk(student, k, dim=-1).indices
         p, q = student.gather(-1, ids), teacher.gather(-1, ids)
-        per_token.append((p.exp() * (p - q)).sum(-1))
+        tail = 0.0
+        if name == "topk_reverse_kl_tail":
+            tail_p, tail_q = 1 - p.exp().sum(-1), 1 - q.exp().sum(-1)
+            tail = tail_p * (tail_p.log() - tail_q.log())
+        per_token.append((p.exp() * (p - q)).sum(-1) + tail)
         masks.append(torch.tensor(mask, dtype=torch.bool))
         logged["student_entropy"].append(-(student.exp() * student).sum(-1))
         logged["teacher_entropy"].append(-(teacher.exp() * teacher).sum(-1))
@@ -624,6 +631,14 @@ def test_sampled_token_losses_through_the_actor_path_match_the_direct_formula(to
     for start, row_grad in grads:
         got = grad[0, start : start + row_grad.shape[0]]
         torch.testing.assert_close(got, row_grad / count, rtol=1e-4, atol=1e-7)
+
+
+def test_the_tail_aware_loss_is_picked_from_yaml_and_takes_the_paper_losss_data():
+    """``oel.loss: topk_reverse_kl_tail`` alone: the student pass keeps its top-k ids, the teacher is scored
+    at them (``uses_topk``), and the loss gets ``oel.k``, as for ``topk_reverse_kl``."""
+    config = ConsolidationConfig.from_mapping({"loss": "topk_reverse_kl_tail", "k": 16})
+    assert config.uses_topk and config.loss_options() == {"chunk_size": 256, "k": 16}
+    assert not ConsolidationConfig.from_mapping({"loss": "k1"}).uses_topk
 
 
 def test_config_names_the_offending_key():

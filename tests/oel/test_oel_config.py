@@ -26,6 +26,17 @@ def test_every_extraction_field_the_loop_does_not_set_is_a_key():
 def test_a_bad_extraction_value_is_named_in_full():
     with pytest.raises(OELConfigError, match=r"oel\.extraction\.num_streams=0 must be a positive integer"):
         OELConfig.from_mapping({**LOOP, "extraction": {"num_streams": 0}})
+    # Each length and count, read before any work (a negative budget once reached the dry run's sums).
+    for key, value, expected in [
+        ("budget_tokens", -5, "a positive integer"),
+        ("max_item_tokens", 0, "a positive integer"),
+        ("max_turn_tokens", 0, "a positive integer or null"),
+        ("in_context_games", -1, "a non-negative integer"),
+        ("games_per_stream", True, "a positive integer"),
+    ]:
+        with pytest.raises(OELConfigError, match=rf"oel\.extraction\.{key}={value!r} must be {expected}$"):
+            OELConfig.from_mapping({**LOOP, "extraction": {key: value}})
+    assert OELConfig.from_mapping({**LOOP, "extraction": {"max_turn_tokens": None, "in_context_games": 0}})
     with pytest.raises(
         OELConfigError, match=r"oel\.extraction\.cut_after=9 must be between 1 and oel\.extraction"
     ):

@@ -21,6 +21,10 @@ streams and games). What a killed-and-resumed run reproduces, checked here:
 - every evaluation played the weights it reports on (``model_fingerprint``: round 1's after the kill that
   found it consolidated but not checkpointed is pi_1, not pi_0 again);
 - what each killed launch left in /dev/shm is gone once the run has been started again.
+
+The killed run's first attempt starts at the same moment as the reference, on the same machine, and is
+killed while the reference goes on: two runs whose starts overlap, each with its own Ray cluster and vLLM
+engine, the reference finishing as if alone (every check of it here) and the killed one resuming.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -122,16 +127,91 @@ def kill_when(process: subprocess.Popen, condition: Callable[[], bool], what: st
         time.sleep(1)
 
 
+@dataclass(frozen=True)
+class Kill:
+    """One kill point of the killed run: the stage it lands in and when (a check on the run's files)."""
+
+    round: int
+    stage: str
+    ready: Callable[[RunLayout, Path], bool]
+
+
+# The killed run's kill points, one per kind of stage, each in a launch of its own.
+KILLS = [
+    # A training stage: round 1's consolidation has trained on its knowledge (verl logged step 1 of 2).
+    Kill(1, "consolidation", lambda layout, run_dir: _logged_step(run_dir, 1)),
+    # Consolidated, not yet checkpointed: round 1's evaluation is playing pi_1, which exists only as
+    # consolidation's HF folder; the resumed launch must start from that folder, not from pi_0.
+    Kill(1, "evaluation", lambda layout, run_dir: _done(layout, 1, "consolidation")),
+    # A validation stage of a later round: round 2's extraction (pi_1, from round 1's checkpoint) has saved
+    # a game's knowledge, the stage is not finished.
+    Kill(
+        2,
+        "extraction",
+        lambda layout, run_dir: any((layout.knowledge_root(2) / "accumulated").rglob("*.json")),
+    ),
+    # (A kill between rounds, once round 1's checkpoint is marked, resumes from the same checkpoint as the
+    # last one, so it adds a verl launch and no new path.)
+]
+
+
+@dataclass(frozen=True)
+class Killed:
+    """What a killed launch left: the files of the stages marked done, what it left in /dev/shm (as its
+    ledger names them), and whether the reference run was still going on beside it when it was killed."""
+
+    finished: dict[str, str]
+    left_in_shm: list[str]
+    beside_a_live_run: bool
+
+
+def kill_attempt(
+    process: subprocess.Popen, run_dir: Path, attempt: int, beside: subprocess.Popen | None = None
+) -> Killed:
+    """Kills attempt ``attempt`` of the killed run at its kill point; checks the kill found what it should.
+    ``beside``: another run on the machine, whose being alive at the moment of the kill is recorded."""
+    layout, kill = RunLayout(run_dir.resolve()), KILLS[attempt]
+    beside_alive_at_kill = []
+
+    def started_not_done() -> bool:
+        started = layout.stage_dir(kill.round, kill.stage).is_dir()
+        ready = started and not _done(layout, kill.round, kill.stage) and kill.ready(layout, run_dir)
+        if ready:
+            beside_alive_at_kill.append(beside is not None and beside.poll() is None)
+        return ready
+
+    kill_when(process, started_not_done, f"kill point {attempt}")
+    # Once every process of the killed launch is gone, the run is where the kill found it: its trainer (a
+    # Ray worker, which outlives the launcher by seconds) marked nothing more (run_state.py).
+    assert not _done(layout, kill.round, kill.stage), (
+        f"kill point {attempt}: {kill.stage} marked after the kill"
+    )
+    ledgers = (run_dir / "logs").glob("shm_*.txt")
+    named = {name for ledger in ledgers for name in ledger.read_text().split()}
+    left = sorted(name for name in named if (SHM_DIR / name).exists())
+    return Killed(_finished_stage_files(layout), left, beside_alive_at_kill[-1])
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, tiny_model_dir) -> Path:
-    run_dir = tmp_path_factory.mktemp("oel") / "reference"
+def overlapping_runs(tmp_path_factory, tiny_model_dir) -> tuple[Path, Killed]:
+    """The uninterrupted reference run, started at the same moment as the killed run's first attempt: two
+    runs on one machine, each with its own run directory, Ray cluster, vLLM engine and /dev/shm segments
+    (README "Shared memory, and several runs on one machine"). The first attempt is killed at its kill
+    point while the reference goes on; the reference must finish as if alone, the killed run must resume
+    to its result (``test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result``)."""
+    root = tmp_path_factory.mktemp("oel")
+    run_dir = root / "reference"
     process = start_run(tiny_model_dir, run_dir, 0)
+    killed_run = start_run(tiny_model_dir, root / "killed", 0)
     # What the run listens on, sampled from its own processes while it runs (its own session).
     watch = SocketWatch(process.pid, run_dir).start()
     try:
+        first_kill = kill_attempt(killed_run, root / "killed", 0, beside=process)
         console = finish(process, run_dir, 0)
     finally:
         watch.stop()
+        if killed_run.poll() is None:
+            os.killpg(killed_run.pid, signal.SIGKILL)
     (run_dir.parent / "reference.console").write_text(console)
     (run_dir.parent / "reference.sockets.json").write_text(
         json.dumps(
@@ -142,7 +222,12 @@ def reference_run(tmp_path_factory, tiny_model_dir) -> Path:
             }
         )
     )
-    return run_dir
+    return run_dir, first_kill
+
+
+@pytest.fixture(scope="module")
+def reference_run(overlapping_runs) -> Path:
+    return overlapping_runs[0]
 
 
 def test_a_single_node_run_listens_on_loopback_only_and_its_server_wants_the_runs_key(reference_run):
@@ -235,45 +320,32 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
     assert (reference_run / "report.md").is_file() and (reference_run / "report.png").stat().st_size > 0
 
 
-def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(reference_run, tiny_model_dir):
+def test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result(overlapping_runs, tiny_model_dir):
     from verl_oel.oel.trainer import verify_hf_folder
 
+    reference_run, first_kill = overlapping_runs
     run_dir = reference_run.parent / "killed"
     layout = RunLayout(run_dir.resolve())
 
-    kills = [
-        # A training stage: round 1's consolidation has trained on its knowledge (verl logged step 1 of 2).
-        (1, "consolidation", lambda: _logged_step(run_dir, 1)),
-        # Consolidated, not yet checkpointed: round 1's evaluation is playing pi_1, which exists only as
-        # consolidation's HF folder; the resumed launch must start from that folder, not from pi_0.
-        (1, "evaluation", lambda: _done(layout, 1, "consolidation")),
-        # A validation stage of a later round: round 2's extraction (pi_1, from round 1's checkpoint) has
-        # saved a game's knowledge, the stage is not finished.
-        (2, "extraction", lambda: any((layout.knowledge_root(2) / "accumulated").rglob("*.json"))),
-        # (A kill between rounds, once round 1's checkpoint is marked, resumes from the same checkpoint as
-        # the last one, so it adds a verl launch and no new path.)
-    ]
-    finished_at_kill = []
-    left_in_shm: list[list[str]] = []  # per kill: what the killed launch left in /dev/shm (its ledger says)
-    for attempt, (round, stage, ready) in enumerate(kills):
-
-        def started_not_done(round=round, stage=stage, ready=ready) -> bool:
-            return layout.stage_dir(round, stage).is_dir() and not _done(layout, round, stage) and ready()
-
-        kill_when(start_run(tiny_model_dir, run_dir, attempt), started_not_done, f"kill point {attempt}")
-        # Once every process of the killed launch is gone, the run is where the kill found it: its trainer
-        # (a Ray worker, which outlives the launcher by seconds) marked nothing more (run_state.py).
-        assert not _done(layout, round, stage), f"kill point {attempt}: {stage} was marked after the kill"
-        finished_at_kill.append(_finished_stage_files(layout))
-        ledgers = (run_dir / "logs").glob("shm_*.txt")
-        named = {name for ledger in ledgers for name in ledger.read_text().split()}
-        left_in_shm.append(sorted(name for name in named if (SHM_DIR / name).exists()))
+    # The first attempt was started beside the reference run and killed while it went on (the fixture);
+    # each later one starts alone.
+    assert first_kill.beside_a_live_run, "the reference run had ended before the first kill: no overlap"
+    kills = [first_kill]
+    for attempt in range(1, len(KILLS)):
+        kills.append(kill_attempt(start_run(tiny_model_dir, run_dir, attempt), run_dir, attempt))
+    finished_at_kill = [kill.finished for kill in kills]
+    left_in_shm = [kill.left_in_shm for kill in kills]
     finish(start_run(tiny_model_dir, run_dir, len(kills)), run_dir, len(kills))
     # What the killed launches left in /dev/shm (measured: a kill leaves verl's weight-sync blocks and a
     # vLLM semaphore) was removed by the next start of the run; the last launch ended and cleaned up itself.
+    # (The first kill's leftovers may already have gone with the reference's own cleanup at its end: it
+    # removes what appeared during its launch that no live process uses.)
     print(f"left in /dev/shm by each kill: {left_in_shm}")
     assert any(left_in_shm), "no kill left anything in /dev/shm: the check below would prove nothing"
     assert not [name for names in left_in_shm for name in names if (SHM_DIR / name).exists()]
+    # Every launch of both runs started a Ray cluster of its own (none joined its neighbour's).
+    for verl_log in [*(run_dir / "logs").glob("verl_*.log"), *(reference_run / "logs").glob("verl_*.log")]:
+        assert "Started a local Ray instance" in verl_log.read_text(), verl_log
     # Each attempt resumed where the previous one was killed: every launch after the first found work done.
     sessions = json.loads(layout.run_json.read_text())["sessions"]
     assert len(sessions) == len(kills) + 1

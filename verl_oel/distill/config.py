@@ -16,7 +16,7 @@ from verl_oel.knowledge.injection import DEFAULT_KNOWLEDGE_TEMPLATE
 
 from .losses import get_cd_loss
 
-TOPK_LOSSES = ("topk_reverse_kl",)
+TOPK_LOSSES = ("topk_reverse_kl", "topk_reverse_kl_tail")
 """Losses that need the teacher's log-probs at the student's top-k ids."""
 
 SAMPLED_TOKEN_LOSSES = ("k1", "k3")

@@ -485,6 +485,54 @@ def topk_reverse_kl(
     )
 
 
+def _log_tail_mass(log_probs_on_support: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ_S p) from log-probs on a support S ([M, k] → [M]), accurate when the mass is near 1
+    (``log(-expm1(logsumexp))``). A tail of exactly 0 (S is the whole vocabulary, or every other token
+    underflowed) is held at the dtype's smallest normal number, so its log is finite."""
+    on_support = torch.logsumexp(log_probs_on_support, dim=-1).clamp(max=0.0)
+    tiny = torch.finfo(log_probs_on_support.dtype).tiny
+    return torch.log((-torch.expm1(on_support)).clamp_min(tiny))
+
+
+@register_cd_loss("topk_reverse_kl_tail")
+def topk_reverse_kl_tail(
+    batch: DistillationBatch,
+    *,
+    k: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_TOKENS,
+    reduction: str = "mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The top-k reverse KL with one more bucket for the rest of the vocabulary: the exact reverse KL
+    between the two distributions coarsened to the student's top-k tokens and "every other token".
+
+    L_t = Σ_{v ∈ S} p_θ(v) (log p_θ(v) − log p_T(v)) + (1 − M) (log(1 − M) − log(1 − Q)), with S the
+    student's top-k (``batch.topk_ids``, the ids the teacher worker scored), M and Q the student's and
+    teacher's mass on S. It needs nothing more than ``topk_reverse_kl`` (the teacher's log-probs at S give
+    Q), and unlike it, it is a true KL: L_t ≥ 0, and at p_T = p_θ both the loss and its gradient are
+    exactly 0, so a student that already matches its teacher is left alone instead of being pushed off its
+    own top-k. The gradient with respect to the student's log-prob s_v of each v in S (through the
+    full-vocabulary softmax, like the loss's value) is p_θ(v) (s_v − log p_T(v) − log((1 − M)/(1 − Q))),
+    applied as written: the values are the loss's, the gradient is that formula's, with no cancellation
+    left to float round-off. k ≥ V makes it the exact reverse KL (an empty tail adds 0).
+    """
+    vocab = batch.student_logits.shape[-1]
+    ids = _support_ids(batch.topk_ids, batch.student_logits, k, vocab, "topk_reverse_kl_tail")
+    rows = _response_rows(batch.response_mask)
+    on_support = _log_probs_on_support(
+        batch, rows, ids, batch.teacher_topk_logprobs, chunk_size, "topk_reverse_kl_tail"
+    )
+    student, teacher = on_support.student, on_support.teacher
+    with torch.no_grad():
+        probs = student.exp()
+        log_tail_ratio = _log_tail_mass(student) - _log_tail_mass(teacher)
+        value = (probs * (student - teacher)).sum(-1) + _log_tail_mass(student).exp() * log_tail_ratio
+        grad = probs * (student - teacher - log_tail_ratio[:, None])
+    per_token = value + (grad * (student - student.detach())).sum(-1)
+    return _reduce(per_token, rows, batch, reduction), _topk_metrics(
+        rows, on_support, value, batch, reduction
+    )
+
+
 @register_cd_loss("full_reverse_kl")
 def full_reverse_kl(
     batch: DistillationBatch, *, chunk_size: int = DEFAULT_CHUNK_TOKENS, reduction: str = "mean"

@@ -42,11 +42,23 @@ class ExtractionConfig:
     knowledge_source: str = "items"
 
     def __post_init__(self) -> None:
+        def integer_below(key: str, least: int) -> bool:
+            value = getattr(self, key)
+            return isinstance(value, bool) or not isinstance(value, int) or value < least
+
         problems = [
             f"oel.extraction.{key}={getattr(self, key)!r} must be a positive integer"
-            for key in ("num_streams", "games_per_stream")
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1
+            for key in ("num_streams", "games_per_stream", "budget_tokens", "max_item_tokens")
+            if integer_below(key, 1)
         ]
+        if self.max_turn_tokens is not None and integer_below("max_turn_tokens", 1):
+            problems.append(
+                f"oel.extraction.max_turn_tokens={self.max_turn_tokens!r} must be a positive integer or null"
+            )
+        if integer_below("in_context_games", 0):
+            problems.append(
+                f"oel.extraction.in_context_games={self.in_context_games!r} must be a non-negative integer"
+            )
         if not problems and self.cut_after is not None and not 1 <= self.cut_after <= self.games_per_stream:
             problems.append(
                 f"oel.extraction.cut_after={self.cut_after} must be between 1 and "
