@@ -282,6 +282,24 @@ MUTATIONS = [
         ("tests/oel/test_oel_config.py::test_a_bad_extraction_value_is_named_in_full",),
     ),
     Mutation(
+        "knowledge-diff-on-raw-text",
+        "verl-oel report --diff matches items by raw text: a re-punctuated item shows as removed and added",
+        "verl_oel/oel/knowledge_report.py",
+        '                by_key.setdefault(normalise_item(item["text"]), item["text"])\n',
+        '                by_key.setdefault(item["text"], item["text"])\n',
+        ("tests/oel/test_oel_report.py::test_verl_oel_report_diffs_two_rounds_knowledge",),
+    ),
+    Mutation(
+        "empty-round-reported-with-knowledge",
+        "a round whose extraction wrote no item reports its teacher's no-knowledge score as 'with knowledge'",
+        "verl_oel/oel/report.py",
+        '    return record["round"] > 0 and record["knowledge_items"] == 0\n',
+        "    return False\n",
+        (
+            "tests/oel/test_oel_report.py::test_a_round_whose_extraction_wrote_nothing_shows_no_knowledge_numbers",
+        ),
+    ),
+    Mutation(
         "eval-cli-drops-the-knowledge",
         "verl-oel eval --knowledge FILE plays prompts without the knowledge, still reporting with_knowledge",
         "verl_oel/evaluation.py",

@@ -137,7 +137,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .oel import render_report
+    from .oel.knowledge_report import KnowledgeNotReadyError, knowledge_diff, render_diff
 
+    if args.diff is not None:
+        try:
+            print(render_diff(knowledge_diff(Path(args.run_dir), *args.diff)), end="")
+        except (KnowledgeNotReadyError, FileNotFoundError) as error:
+            print(f"verl-oel report --diff: {error}", file=sys.stderr)
+            return 2
+        return 0
     paths = render_report(Path(args.run_dir))
     print(f"wrote {paths.markdown}, {paths.json} and {paths.png}")
     return 0
@@ -276,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="re-render an OEL run's report (json, markdown, plot)")
     report.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (trainer.default_local_dir)")
+    report.add_argument(
+        "--diff",
+        nargs=2,
+        type=int,
+        metavar=("A", "B"),
+        help="instead, print how round B's knowledge differs from round A's (items added, removed, kept)",
+    )
     report.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser(

@@ -5,6 +5,7 @@ import struct
 
 import pytest
 
+from verl_oel.knowledge import DEFAULT_MARKER, KnowledgeStore, save_store
 from verl_oel.oel import (
     ConsolidationSummary,
     EvalFormatError,
@@ -139,3 +140,107 @@ def test_eval_json_round_trips_and_bad_fields_are_named(tmp_path):
         path.write_text(json.dumps({**document, **change}))
         with pytest.raises(EvalFormatError, match=message):
             load_round_eval(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What was learned: each round's knowledge in the report, and the diff of two rounds.
+# ---------------------------------------------------------------------------------------------------------
+
+REPLIES = {
+    # round: one extraction reply per stream, as the model wrote them
+    1: [
+        f"{DEFAULT_MARKER} Open the door marked with a ship.\nno marker here\n{DEFAULT_MARKER} Avoid holes.",
+        f"{DEFAULT_MARKER} Avoid holes.\n{DEFAULT_MARKER} avoid holes",  # a duplicate within the stream
+    ],
+    2: [f"{DEFAULT_MARKER} Open the door marked with a ship!\n{DEFAULT_MARKER} Count the steps first.", ""],
+}
+
+
+def write_knowledge(run_dir, replies=REPLIES) -> None:
+    """Each round's streams where its extraction stage leaves them, from the replies above."""
+    layout = RunState.attach(run_dir).layout
+    for round, per_stream in replies.items():
+        store = KnowledgeStore.create(round, len(per_stream), budget_tokens=512)
+        for stream, reply in zip(store.streams, per_stream, strict=True):
+            stream.add_reply(reply, seed=100 + round, won=stream.index == 0, game="hidden-rule")
+        save_store(store, layout.knowledge_root(round))
+
+
+def test_the_report_shows_each_rounds_knowledge_as_the_teacher_read_it(tmp_path):
+    run_dir = tmp_path / "run"
+    run_until(run_dir, NextStage(3, "teacher_refresh"))
+    write_knowledge(run_dir)
+    markdown = render_report(run_dir).markdown.read_text()
+
+    section = markdown[markdown.index("## Knowledge") :]
+    assert "### Round 1: 3 items in 2 streams" in section
+    assert "Stream 0: 2 items" in section and "dropped: 1 no marker." in section
+    assert "Stream 1: 1 items" in section and "dropped: 1 duplicate." in section
+    assert (
+        "1. Open the door marked with a ship. (round 1, stream 0, after `hidden-rule` game seed 101 (won))"
+        in section
+    )
+    assert "1. Avoid holes. (round 1, stream 1, after `hidden-rule` game seed 101 (lost))" in section
+    assert "### Round 2: 2 items in 2 streams" in section and "Stream 1: 0 items" in section
+    # Streams and items in the teacher's order, in report.json too.
+    knowledge = json.loads((run_dir / "report.json").read_text())["rounds"][1]["knowledge"]
+    assert [[item["text"] for item in stream["items"]] for stream in knowledge] == [
+        ["Open the door marked with a ship.", "Avoid holes."],
+        ["Avoid holes."],
+    ]
+    assert (
+        knowledge[0]["counts"]["dropped_no_marker"] == 1 and knowledge[1]["counts"]["dropped_duplicate"] == 1
+    )
+    assert json.loads((run_dir / "report.json").read_text())["rounds"][3]["knowledge"] is None  # not started
+
+
+def test_an_unreadable_stream_is_shown_as_the_rounds_problem(tmp_path):
+    run_dir = tmp_path / "run"
+    run_until(run_dir, NextStage(3, "teacher_refresh"))
+    write_knowledge(run_dir)
+    layout = RunState.attach(run_dir).layout
+    (layout.knowledge_root(2) / "round_002" / "stream_01.json").write_text("{")
+    markdown = render_report(run_dir).markdown.read_text()
+    assert "- round 2: round 2: " in markdown and "stream_01.json" in markdown
+    assert "### Round 1: 3 items in 2 streams" in markdown
+
+
+def test_verl_oel_report_diffs_two_rounds_knowledge(tmp_path, capsys):
+    from verl_oel.cli import main
+
+    run_dir = tmp_path / "run"
+    run_until(run_dir, NextStage(3, "teacher_refresh"))
+    write_knowledge(run_dir)
+    # The ship rule again with other punctuation is the same item; "Avoid holes." went, one is new.
+    assert main(["report", str(run_dir), "--diff", "1", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "knowledge, round 1 -> round 2: 1 kept, 1 added, 1 removed",
+        "+ Count the steps first.",
+        "- Avoid holes.",
+    ]
+    assert main(["report", str(run_dir), "--diff", "1", "3"]) == 2
+    assert "round 3 has no knowledge to compare: its extraction is not finished" in capsys.readouterr().err
+
+
+def test_a_round_whose_extraction_wrote_nothing_shows_no_knowledge_numbers(tmp_path):
+    """Its in_context stage played the teacher with empty streams: that is not "with knowledge", and its
+    extraction's in-context curve is the model without any."""
+    empty = RoundEval(
+        round=1,
+        num_games=32,
+        pass_rate_no_knowledge=0.25,
+        tokens_per_turn=12.0,
+        pass_rate_with_knowledge=0.25,
+        knowledge_items=0,
+        in_context_curve=(InContextPoint(games=1, pass_rate=0.0),),
+        consolidation=ConsolidationSummary(kl_first=1e-7, kl_last=1e-7, steps=8),
+    )
+    run_dir = tmp_path / "run"
+    with RunState.open(run_dir, SPEC) as state:
+        while (step := state.next_stage()) is not None and step != NextStage(2, "teacher_refresh"):
+            if step.stage == "evaluation":
+                save_round_eval(state.layout, EVALS[0] if step.round == 0 else empty)
+            state.mark_done(*step, {"seconds": 90.0})
+    markdown = render_report(run_dir).markdown.read_text()
+    assert "| 1 | done | 32 | 25.0% | – (no knowledge) | 12.0 | 0 |" in markdown
+    assert "## In-context learning during extraction" not in markdown

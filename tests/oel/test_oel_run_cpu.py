@@ -317,6 +317,13 @@ def test_two_rounds_leave_every_artefact_and_round_two_learns_from_round_one(ref
     assert any("oel/extraction/pass_rate" in data for data in logged)
     report = json.loads((reference_run / "report.json").read_text())
     assert [entry["status"] for entry in report["rounds"]] == ["done"] * 3
+    # The report lists each round's knowledge as the teacher read it: the streams' own items, in order.
+    for round in (1, 2):
+        shown = [
+            [item["text"] for item in stream["items"]] for stream in report["rounds"][round]["knowledge"]
+        ]
+        streams = [load_stream(stream_path(layout.knowledge_root(round), round, i)) for i in range(2)]
+        assert shown == [stream.texts() for stream in streams]
     assert (reference_run / "report.md").is_file() and (reference_run / "report.png").stat().st_size > 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_oel.atomic_io import write_bytes_atomic, write_text_atomic
+from verl_oel.oel.knowledge_report import KnowledgeNotReadyError, render_knowledge_markdown, round_knowledge
 from verl_oel.oel.round_eval import EvalFormatError, load_round_eval
 from verl_oel.oel.run_state import (
     FORMAT_VERSION,
@@ -58,7 +59,9 @@ def collect(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Rounds 0..R of run.json are listed whether started or not, plus any other round folder
     found. A round's ``status`` is ``done`` (every planned stage marked), ``in progress``
     (``next_stage`` names the stage to run) or ``not started``; ``problem`` says why a
-    round's eval.json could not be read, which the report shows instead of failing.
+    round's eval.json could not be read, which the report shows instead of failing. ``knowledge``
+    holds the round's streams once its extraction is done (``knowledge_report.round_knowledge``),
+    ``knowledge_problem`` why they could not be read.
     """
     layout = RunLayout(Path(run_dir).resolve())
     if not layout.run_dir.is_dir():
@@ -83,7 +86,13 @@ def collect(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "stages": {stage: marker["summary"] for stage, marker in markers.items()},
             "eval": None,
             "problem": None,
+            "knowledge": None,
+            "knowledge_problem": None,
         }
+        try:
+            entry["knowledge"] = round_knowledge(layout, round)
+        except KnowledgeNotReadyError as error:
+            entry["knowledge_problem"] = str(error)
         eval_path = layout.eval_json(round)
         if eval_path.exists():
             try:
@@ -188,12 +197,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             cells = [label, _status(entry)] + ["–"] * (len(header) - 2)
         else:
             kl = record["consolidation"]
+            with_knowledge = _percent(record["pass_rate_with_knowledge"])
+            if _wrote_no_knowledge(record):  # the teacher's prompt held no item: not "with knowledge"
+                with_knowledge = "– (no knowledge)"
             cells = [
                 label,
                 _status(entry),
                 str(record["num_games"]),
                 _percent(record["pass_rate_no_knowledge"]),
-                _percent(record["pass_rate_with_knowledge"]),
+                with_knowledge,
                 _number(record["tokens_per_turn"]),
                 "–" if record["knowledge_items"] is None else str(record["knowledge_items"]),
                 "–" if kl is None else f"{kl['kl_first']:.3g} → {kl['kl_last']:.3g} ({kl['steps']})",
@@ -204,7 +216,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "Pass rate without knowledge and tokens/turn are the round's own model (round 0: the base). "
         "With knowledge in context is the round's teacher: the previous round's model with one stream "
         "of this round's knowledge in its prompt, measured before consolidation (stage in_context) on the "
-        "same held-out games.",
+        "same held-out games; a round whose extraction wrote no item has none to show.",
         "",
     ]
     problems = [entry for entry in rounds if entry["problem"]]
@@ -212,7 +224,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Unreadable evaluations", ""]
         lines += [f"- round {entry['round']}: {entry['problem']}" for entry in problems]
         lines.append("")
-    curves = [record for record in evals if record["in_context_curve"]]
+    curves = [record for record in evals if record["in_context_curve"] and not _wrote_no_knowledge(record)]
     if curves:
         lines += ["## In-context learning during extraction", ""]
         for record in curves:
@@ -236,7 +248,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             times = [f"{s['seconds'] / 60:.1f}" if "seconds" in s else "–" for s in summaries]
             lines.append(f"| {entry['round']} | " + " | ".join(times) + " |")
         lines.append("")
+    lines += render_knowledge_markdown(rounds)
     return "\n".join(lines)
+
+
+def _wrote_no_knowledge(record: Mapping[str, Any]) -> bool:
+    """A round whose streams hold no item: its "with knowledge" numbers are the teacher without any."""
+    return record["round"] > 0 and record["knowledge_items"] == 0
 
 
 def _figure_png(report: Mapping[str, Any]) -> bytes:
@@ -267,7 +285,11 @@ def _figure_png(report: Mapping[str, Any]) -> bytes:
     )
     for axis, scale, shown, keys in panels:
         values = {
-            line: {record["round"]: record[key] * scale for record in evals if record[key] is not None}
+            line: {
+                record["round"]: record[key] * scale
+                for record in evals
+                if record[key] is not None and not (line == with_knowledge and _wrote_no_knowledge(record))
+            }
             for line, key in keys.items()
         }
         for (label, style, marker), points in values.items():
