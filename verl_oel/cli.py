@@ -151,6 +151,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clean(args: argparse.Namespace) -> int:
+    """Remove what killed launches of a run left in /dev/shm (their ledgers name it), without starting it."""
+    from .oel.run_state import RunLockedError, holding_run_lock
+    from .platform.shm import remove_leftovers
+
+    try:
+        with holding_run_lock(Path(args.run_dir)) as layout:
+            removed = remove_leftovers(layout.logs_dir)
+    except (RunLockedError, FileNotFoundError) as error:
+        print(f"verl-oel clean: {error}", file=sys.stderr)
+        return 2
+    if removed:
+        print(f"removed {len(removed)} shared-memory segment(s) killed launches left: {', '.join(removed)}")
+    else:
+        print("nothing to remove: no killed launch of this run left anything in /dev/shm")
+    return 0
+
+
 def _cmd_build_model(args: argparse.Namespace) -> int:
     from .models.build import run_build_model
 
@@ -292,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead, print how round B's knowledge differs from round A's (items added, removed, kept)",
     )
     report.set_defaults(func=_cmd_report)
+
+    clean = sub.add_parser(
+        "clean",
+        help="remove what killed launches of a run left in /dev/shm (only that; the next start does it too)",
+    )
+    clean.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (trainer.default_local_dir)")
+    clean.set_defaults(func=_cmd_clean)
 
     demo = sub.add_parser(
         "demo", help="the main job on CPU: the warmed tiny model learns a held-out game rule by OEL"

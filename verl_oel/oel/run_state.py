@@ -35,6 +35,7 @@ Round 0 is the base model's evaluation (stage ``evaluation`` only); rounds 1..R 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import fnmatch
 import json
@@ -581,6 +582,20 @@ def _lock_holder(layout: RunLayout) -> str:
         return layout.lock_file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return ""
+
+
+@contextlib.contextmanager
+def holding_run_lock(run_dir: str | os.PathLike[str]) -> Iterator[RunLayout]:
+    """Hold ``run_dir``'s lock for a tool that changes the run without running it (``verl-oel clean``):
+    ``RunLockedError`` while a launch holds it. The run must exist (its run.json)."""
+    layout = RunLayout(Path(run_dir).resolve())
+    if not layout.run_json.is_file():
+        raise FileNotFoundError(f"{layout.run_dir} is not an OEL run directory: it has no run.json")
+    handle = _acquire_lock(layout)
+    try:
+        yield layout
+    finally:
+        handle.close()
 
 
 def _acquire_lock(layout: RunLayout) -> Any:
