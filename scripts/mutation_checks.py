@@ -300,6 +300,28 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "forward-kl-over-the-students-top-k",
+        "forward_kl's update reads the student's top-k ids instead of the teacher's own",
+        "verl_oel/distill/actor_loss.py",
+        "TEACHER_TOPK_IDS if self.config.uses_teacher_topk else TOPK_IDS",
+        "TOPK_IDS",
+        (
+            "tests/distill/test_teacher_pass.py::"
+            "test_forward_kl_over_the_teachers_top_k_through_the_actor_path_matches_the_direct_formula",
+        ),
+    ),
+    Mutation(
+        "teacher-ships-no-log-probs-at-its-own-top-k",
+        "the teacher pass of a loss over its own top-k ships its ids without its log-probs there",
+        "verl_oel/distill/teacher.py",
+        "    at = ids if ids is not None else (topk_ids if own_topk_logprobs else None)\n",
+        "    at = ids\n",
+        (
+            "tests/distill/test_teacher_pass.py::"
+            "test_forward_kl_over_the_teachers_top_k_through_the_actor_path_matches_the_direct_formula",
+        ),
+    ),
+    Mutation(
         "eval-cli-drops-the-knowledge",
         "verl-oel eval --knowledge FILE plays prompts without the knowledge, still reporting with_knowledge",
         "verl_oel/evaluation.py",

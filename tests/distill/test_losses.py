@@ -470,7 +470,9 @@ def test_tail_aware_topk_reverse_kl_lies_between_zero_and_the_full_reverse_kl(
     batch = DistillationBatch(s, torch.ones(1, 1), temperature, teacher_logits=t)
     tail_aware = get_cd_loss("topk_reverse_kl_tail")(batch, k=k)[0].item()
     full = get_cd_loss("full_reverse_kl")(batch)[0].item()
-    assert -1e-12 <= tail_aware <= full + 1e-9
+    # Float64 round-off only: the tail's log goes through expm1(logsumexp) (worst seen: 1e-10 relative, a
+    # one-token tail whose teacher probability is e^-18.6).
+    assert -1e-12 <= tail_aware <= full * (1 + 1e-8) + 1e-12
     if k == 5:
         assert tail_aware == pytest.approx(full, rel=1e-9, abs=1e-12)
 

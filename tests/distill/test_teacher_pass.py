@@ -16,6 +16,7 @@ from verl.workers.utils.padding import response_from_nested
 from verl_oel.distill.actor_loss import (
     TEACHER_ENTROPY,
     TEACHER_SAMPLED_LOGPROBS,
+    TEACHER_TOPK_IDS,
     TEACHER_TOPK_LOGPROBS,
     TOPK_IDS,
     ConsolidationActorLoss,
@@ -459,35 +460,43 @@ def test_sequence_layout_puts_response_row_i_where_verl_reads_it():
     assert nested.unbind()[0].tolist() == [0, 0, 0, 1, 2, 3, 0]
 
 
-def verl_micro_batch(tokenizer, model, knowledge: str, k: int) -> tuple[TensorDict, torch.Tensor]:
+def verl_micro_batch(
+    tokenizer, model, knowledge: str, k: int, teacher_topk: bool = False
+) -> tuple[TensorDict, torch.Tensor]:
     """A micro-batch as verl's engine hands it to the loss, with student and teacher passes filled in,
     plus the packed student logits the engine would pass as ``student_logits`` (raw: the update runs the
-    engine at temperature 1.0 and the loss divides by T in fp32)."""
+    engine at temperature 1.0 and the loss divides by T in fp32). ``teacher_topk``: the passes of a loss
+    over the teacher's own top-k (the student keeps no ids, the teacher ships its ids and log-probs)."""
     batch = samples(tokenizer)
     prompts = [torch.tensor(p) for _, p, _, _ in batch]
     responses = [torch.tensor(r) for _, _, r, _ in batch]
     masks = [torch.tensor(m) for _, _, _, m in batch]
     sequences = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
-    student = score_responses(model, sequences, responses, TEMPERATURE, k=k)
+    student = score_responses(model, sequences, responses, TEMPERATURE, k=None if teacher_topk else k)
     teacher_prompts = [
         build_teacher_prompt_ids(lambda m: chat_ids(tokenizer, m), msgs, knowledge, TEMPLATE, prompt)
         for msgs, prompt, _, _ in batch
     ]
+    at = {"k": k, "own_topk_logprobs": True} if teacher_topk else {"ids": [s.topk_ids for s in student]}
     teacher = score_responses(
         model,
         [torch.tensor(p + r.tolist()) for p, r in zip(teacher_prompts, responses, strict=True)],
         responses,
         TEMPERATURE,
-        ids=[s.topk_ids for s in student],
+        **at,
     )
     nested = lambda tensors: torch.nested.as_nested_tensor(tensors, layout=torch.jagged)  # noqa: E731
+    ids = {TEACHER_TOPK_IDS: teacher} if teacher_topk else {TOPK_IDS: student}
     data = TensorDict(
         {
             "prompts": nested(prompts),
             "responses": nested(responses),
             "response_mask": nested(masks),
             "input_ids": nested(sequences),
-            TOPK_IDS: to_response_layout([s.topk_ids for s in student], torch.int32),
+            **{
+                key: to_response_layout([s.topk_ids for s in scores], torch.int32)
+                for key, scores in ids.items()
+            },
             TEACHER_TOPK_LOGPROBS: to_response_layout([t.topk_logprobs for t in teacher]),
             TEACHER_SAMPLED_LOGPROBS: to_response_layout([t.sampled_logprobs for t in teacher]),
             TEACHER_ENTROPY: to_response_layout([t.entropy for t in teacher]),
@@ -590,6 +599,48 @@ def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(t
     assert int(packed_loss_mask(data).sum()) == int(sum(sum(m) for *_, m in samples(tokenizer)))
 
 
+def test_forward_kl_over_the_teachers_top_k_through_the_actor_path_matches_the_direct_formula(
+    tokenizer, model
+):
+    """``oel.loss: forward_kl``: the teacher pass picks ITS top-k ids (with the knowledge) and ships its
+    log-probs there; the update's loss is Σ_{v in TopK_T} p_T(v) (log p_T(v) − log p_θ(v)) over model
+    tokens, against one-sequence forwards, value and gradient."""
+    k = 16
+    data, student_logits = verl_micro_batch(tokenizer, model, knowledge=KNOWLEDGE, k=k, teacher_topk=True)
+    assert TOPK_IDS not in data.keys()  # the student pass keeps no ids for this loss
+    config = ConsolidationConfig(loss="forward_kl", k=k)
+    assert config.uses_teacher_topk and not config.uses_topk
+    actor_loss, grad, metrics = actor_loss_and_grad(
+        ConsolidationActorLoss(config, TEMPERATURE), data, student_logits
+    )
+
+    values, grads, offset = [], [], 0
+    for msgs, prompt, response, mask in samples(tokenizer):
+        teacher = direct_log_probs(
+            model, chat_ids(tokenizer, with_knowledge(msgs, KNOWLEDGE, TEMPLATE)), response
+        )
+        ids = torch.topk(teacher, k, dim=-1).indices  # the teacher's own top-k
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + response])).logits[0]
+        rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(response)].clone().requires_grad_()
+        student = torch.log_softmax(rows / TEMPERATURE, dim=-1)
+        q, p = teacher.gather(-1, ids), student.gather(-1, ids)
+        keep = torch.tensor(mask, dtype=torch.bool)
+        per_token = (q.exp() * (q - p)).sum(-1)[keep]
+        values.append(per_token.detach())
+        (row_grad,) = torch.autograd.grad(per_token.sum(), rows)
+        grads.append((offset + len(prompt) - 1, row_grad))
+        offset += len(prompt) + len(response)
+    count = sum(v.numel() for v in values)
+    expected = torch.cat(values).mean()
+    assert expected.item() > 1e-4  # the knowledge changes the teacher (measured 8.7e-4 on the random model)
+    assert actor_loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert metrics["oel/kl"] == pytest.approx(expected.item(), rel=1e-4)
+    for start, row_grad in grads:
+        got = grad[0, start : start + row_grad.shape[0]]
+        torch.testing.assert_close(got, row_grad / count, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("loss", ["k1", "k3"])
 def test_sampled_token_losses_through_the_actor_path_match_the_direct_formula(tokenizer, model, loss):
     """k1 and k3 as verl's update calls them (packed raw logits, the teacher's log-prob of each sampled
@@ -639,6 +690,10 @@ def test_the_tail_aware_loss_is_picked_from_yaml_and_takes_the_paper_losss_data(
     config = ConsolidationConfig.from_mapping({"loss": "topk_reverse_kl_tail", "k": 16})
     assert config.uses_topk and config.loss_options() == {"chunk_size": 256, "k": 16}
     assert not ConsolidationConfig.from_mapping({"loss": "k1"}).uses_topk
+    # forward_kl: over the teacher's own top-k, the only support a teacher worker can ship.
+    config = ConsolidationConfig.from_mapping({"loss": "forward_kl", "k": 8})
+    assert config.uses_teacher_topk and not config.uses_topk
+    assert config.loss_options() == {"chunk_size": 256, "k": 8, "support": "teacher_topk"}
 
 
 def test_config_names_the_offending_key():

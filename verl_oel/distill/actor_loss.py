@@ -26,12 +26,15 @@ from .config import ConsolidationConfig
 from .losses import DistillationBatch, get_cd_loss
 
 TOPK_IDS = "oel_topk_ids"
+TEACHER_TOPK_IDS = "oel_teacher_topk_ids"
 TEACHER_TOPK_LOGPROBS = "oel_teacher_topk_logprobs"
 TEACHER_SAMPLED_LOGPROBS = "oel_teacher_sampled_logprobs"
 TEACHER_ENTROPY = "oel_teacher_entropy"
 """Per-token batch fields written by the student and teacher passes, in the RESPONSE layout of verl's
 ``responses`` and ``response_mask`` (row i describes response token i): nothing is stored or sent for
-prompt or knowledge positions. Top-k ids are int32, log-probs and entropy float32."""
+prompt or knowledge positions. Top-k ids are int32, log-probs and entropy float32. ``TOPK_IDS`` are the
+student's top-k (the teacher's log-probs are at them); ``TEACHER_TOPK_IDS`` the teacher's own, for a loss over
+the teacher's top-k (its log-probs are then at those)."""
 
 LOSS_METRICS = ("student_entropy", "student_topk_mass", "teacher_topk_mass")
 """The loss's own per-token by-products that the update logs (as ``oel/<name>``), where the loss has them."""
@@ -112,7 +115,9 @@ class ConsolidationActorLoss:
             student_logits=student_logits,
             response_mask=mask,
             temperature=self.temperature,
-            topk_ids=_packed(data, TOPK_IDS, positions, total),
+            topk_ids=_packed(
+                data, TEACHER_TOPK_IDS if self.config.uses_teacher_topk else TOPK_IDS, positions, total
+            ),
             teacher_topk_logprobs=_packed(data, TEACHER_TOPK_LOGPROBS, positions, total),
             sampled_ids=sampled_ids,
             teacher_sampled_logprobs=_packed(data, TEACHER_SAMPLED_LOGPROBS, positions, total),

@@ -19,6 +19,10 @@ from .losses import get_cd_loss
 TOPK_LOSSES = ("topk_reverse_kl", "topk_reverse_kl_tail")
 """Losses that need the teacher's log-probs at the student's top-k ids."""
 
+TEACHER_TOPK_LOSSES = ("forward_kl",)
+"""Losses over the teacher's own top-k: its pass ships its top-k ids and its log-probs there
+(``forward_kl`` with ``support="teacher_topk"``; ``oel.k`` >= the vocabulary makes it the exact one)."""
+
 SAMPLED_TOKEN_LOSSES = ("k1", "k3")
 """Losses that need the teacher's log-prob at the sampled token only."""
 
@@ -98,11 +102,12 @@ class ConsolidationConfig:
             problems.append(f"oel.share_prefix={self.share_prefix!r} must be true or false")
         if not self.poll_interval_s > 0:
             problems.append(f"oel.poll_interval_s={self.poll_interval_s} must be > 0")
-        supported = TOPK_LOSSES + SAMPLED_TOKEN_LOSSES
+        supported = TOPK_LOSSES + TEACHER_TOPK_LOSSES + SAMPLED_TOKEN_LOSSES
         if self.loss not in supported:
             problems.append(
                 f"oel.loss={self.loss!r}: the teacher worker ships log-probs at fixed ids, which supports "
-                f"{list(supported)} (full-vocabulary losses need teacher logits in the same process)"
+                f"{list(supported)} (full_reverse_kl needs the teacher's logits in the student's process: "
+                "topk_reverse_kl with oel.k >= the vocabulary size is the same loss)"
             )
         else:
             get_cd_loss(self.loss)
@@ -120,11 +125,18 @@ class ConsolidationConfig:
         """Whether the student pass must pick top-k ids and the teacher score them."""
         return self.loss in TOPK_LOSSES
 
+    @property
+    def uses_teacher_topk(self) -> bool:
+        """Whether the teacher pass must pick its own top-k ids and ship its log-probs there."""
+        return self.loss in TEACHER_TOPK_LOSSES
+
     def loss_options(self) -> dict[str, Any]:
         """Keyword options of the selected loss in ``losses.py``."""
         options: dict[str, Any] = {"chunk_size": self.chunk_size}
-        if self.uses_topk:
+        if self.uses_topk or self.uses_teacher_topk:
             options["k"] = self.k
+        if self.uses_teacher_topk:
+            options["support"] = "teacher_topk"
         return options
 
     @classmethod

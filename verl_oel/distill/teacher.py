@@ -53,8 +53,10 @@ class ResponseScores(NamedTuple):
 
     sampled_logprobs: torch.Tensor  # [R], log p(y_i)
     entropy: torch.Tensor  # [R], full-vocabulary entropy
-    topk_ids: torch.Tensor | None  # [R, k], this model's own top-k (the student pass)
-    topk_logprobs: torch.Tensor | None  # [R, k], log p at the given ids (the teacher pass)
+    topk_ids: torch.Tensor | None  # [R, k], this model's own top-k (the student pass; the teacher's, for
+    # a loss over the teacher's top-k)
+    topk_logprobs: torch.Tensor | None  # [R, k], log p at the given ids (the teacher pass), or at its own
+    # top-k ids (``own_topk_logprobs``)
 
 
 def _chunked_scores(
@@ -64,6 +66,7 @@ def _chunked_scores(
     k: int | None,
     ids: torch.Tensor | None,
     chunk_size: int,
+    own_topk_logprobs: bool = False,
 ) -> ResponseScores:
     """Scores of one sample's response rows ([R, V] raw logits), never more than [chunk, V] extra."""
     entropies, sampled_logprobs = [], []
@@ -72,8 +75,9 @@ def _chunked_scores(
         entropies.append(-(log_probs.exp() * log_probs).sum(-1))
         sampled_logprobs.append(log_probs.gather(-1, sampled[start : start + chunk_size, None]).squeeze(-1))
     topk_ids = topk_support(logits, k) if k is not None else None
+    at = ids if ids is not None else (topk_ids if own_topk_logprobs else None)
     topk_logprobs = (
-        teacher_logprobs_at(logits, ids, temperature, chunk_size=chunk_size) if ids is not None else None
+        teacher_logprobs_at(logits, at, temperature, chunk_size=chunk_size) if at is not None else None
     )
     return ResponseScores(torch.cat(sampled_logprobs), torch.cat(entropies), topk_ids, topk_logprobs)
 
@@ -256,11 +260,13 @@ def score_responses(
     pad_token_id: int = 0,
     balance_calls: Callable[[int], int] | None = None,
     prefix_cache: PrefixCache | None = None,
+    own_topk_logprobs: bool = False,
 ) -> list[ResponseScores]:
     """Forward ``model`` on each full sequence (prompt + response) and score its response tokens.
 
     ``sequences[b]`` ends with ``response_ids[b]``. ``k`` asks for the model's own top-k ids (student),
-    ``ids[b]`` ([R_b, k]) for its log-probs at given ids (teacher).
+    ``ids[b]`` ([R_b, k]) for its log-probs at given ids (teacher); ``k`` with ``own_topk_logprobs`` for
+    its own top-k ids and its log-probs there (a teacher whose top-k is the loss's support).
 
     Rows with the same ``groups`` key (the teacher's knowledge stream) share their longest common token
     prefix: it runs once, and each micro-batch of the group runs only its rows' suffixes against its keys
@@ -279,6 +285,8 @@ def score_responses(
     (only for a model whose weights stay the same between calls: the frozen teacher) keeps the groups'
     prefixes from one call to the next, so a stream's prefix runs once while it stays cached.
     """
+    if own_topk_logprobs and (k is None or ids is not None):
+        raise ValueError("own_topk_logprobs needs k (the model's own top-k) and no given ids")
     tokens = [seq.reshape(-1).long() for seq in sequences]
     responses = [resp.reshape(-1).long() for resp in response_ids]
     for index, (seq, response) in enumerate(zip(tokens, responses, strict=True)):
@@ -336,6 +344,7 @@ def score_responses(
                     k,
                     given,
                     chunk_size,
+                    own_topk_logprobs,
                 )
             del logits, inputs
         del cache

@@ -33,6 +33,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 from .actor_loss import (
     TEACHER_ENTROPY,
     TEACHER_SAMPLED_LOGPROBS,
+    TEACHER_TOPK_IDS,
     TEACHER_TOPK_LOGPROBS,
     TOPK_IDS,
     ConsolidationActorLoss,
@@ -201,8 +202,9 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
         """The teacher pass: the ref model on (knowledge + prompt, identical response ids).
 
         Returns, in the response layout, the teacher's log-probs at the student's top-k ids (top-k
-        losses) and at the sampled tokens, and its full-vocabulary entropy, all at the rollout
-        temperature. Every response position is scored (environment tokens of multi-turn data too); the
+        losses) or at its own top-k ids, with those ids (a loss over the teacher's top-k: ``forward_kl``),
+        and at the sampled tokens, and its full-vocabulary entropy, all at the rollout temperature.
+        Every response position is scored (environment tokens of multi-turn data too); the
         loss keeps the model's own tokens.
         """
         responses = _token_lists(data["responses"])
@@ -214,16 +216,24 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
         pairs = zip(teacher_prompts, responses, strict=True)
         sequences = [torch.tensor(p + r.tolist(), dtype=torch.long) for p, r in pairs]
         ids = _token_lists(data[TOPK_IDS]) if self.consolidation.uses_topk else None
+        # A loss over the teacher's own top-k: the teacher picks its ids and ships its log-probs there.
+        own = (
+            {"k": self.consolidation.k, "own_topk_logprobs": True}
+            if self.consolidation.uses_teacher_topk
+            else {}
+        )
         prefix_cache = self.teacher_prefixes if self.consolidation.teacher_prefix_cache_mib else None
         scores = self._score(
-            self.ref, sequences, responses, ids=ids, groups=streams, prefix_cache=prefix_cache
+            self.ref, sequences, responses, ids=ids, groups=streams, prefix_cache=prefix_cache, **own
         )
         fields = {
             TEACHER_SAMPLED_LOGPROBS: to_response_layout([s.sampled_logprobs for s in scores]),
             TEACHER_ENTROPY: to_response_layout([s.entropy for s in scores]),
         }
-        if ids is not None:
+        if ids is not None or own:
             fields[TEACHER_TOPK_LOGPROBS] = to_response_layout([s.topk_logprobs for s in scores])
+        if own:
+            fields[TEACHER_TOPK_IDS] = to_response_layout([s.topk_ids for s in scores], torch.int32)
         return tu.get_tensordict(fields)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
