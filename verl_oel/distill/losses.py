@@ -386,6 +386,17 @@ def _log_probs_on_support(
     return _SupportLogProbs(student, teacher.to(student.dtype), student_entropy, teacher_entropy)
 
 
+def _on_student_topk(
+    batch: DistillationBatch, k: int, chunk_size: int, loss: str
+) -> tuple[torch.Tensor, _SupportLogProbs]:
+    """Response rows and both log-probs on the student's top-k (``batch.topk_ids``, else taken from the
+    student logits, the teacher then coming as logits): the support of the reverse top-k losses."""
+    vocab = batch.student_logits.shape[-1]
+    ids = _support_ids(batch.topk_ids, batch.student_logits, k, vocab, loss)
+    rows = _response_rows(batch.response_mask)
+    return rows, _log_probs_on_support(batch, rows, ids, batch.teacher_topk_logprobs, chunk_size, loss)
+
+
 def _topk_metrics(
     rows: torch.Tensor,
     on_support: _SupportLogProbs,
@@ -473,12 +484,7 @@ def topk_reverse_kl(
     p_T = p_θ the loss is 0 but its gradient is ∇M, not 0: descent moves student mass off the top-k set,
     at a rate that scales with the uncovered mass 1 − M.
     """
-    vocab = batch.student_logits.shape[-1]
-    ids = _support_ids(batch.topk_ids, batch.student_logits, k, vocab, "topk_reverse_kl")
-    rows = _response_rows(batch.response_mask)
-    on_support = _log_probs_on_support(
-        batch, rows, ids, batch.teacher_topk_logprobs, chunk_size, "topk_reverse_kl"
-    )
+    rows, on_support = _on_student_topk(batch, k, chunk_size, "topk_reverse_kl")
     per_token = (on_support.student.exp() * (on_support.student - on_support.teacher)).sum(-1)
     return _reduce(per_token, rows, batch, reduction), _topk_metrics(
         rows, on_support, per_token, batch, reduction
@@ -515,12 +521,7 @@ def topk_reverse_kl_tail(
     applied as written: the values are the loss's, the gradient is that formula's, with no cancellation
     left to float round-off. k ≥ V makes it the exact reverse KL (an empty tail adds 0).
     """
-    vocab = batch.student_logits.shape[-1]
-    ids = _support_ids(batch.topk_ids, batch.student_logits, k, vocab, "topk_reverse_kl_tail")
-    rows = _response_rows(batch.response_mask)
-    on_support = _log_probs_on_support(
-        batch, rows, ids, batch.teacher_topk_logprobs, chunk_size, "topk_reverse_kl_tail"
-    )
+    rows, on_support = _on_student_topk(batch, k, chunk_size, "topk_reverse_kl_tail")
     student, teacher = on_support.student, on_support.teacher
     with torch.no_grad():
         probs = student.exp()
