@@ -42,20 +42,20 @@ class ExtractionConfig:
     knowledge_source: str = "items"
 
     def __post_init__(self) -> None:
-        def integer_below(key: str, least: int) -> bool:
+        def not_an_integer_from(key: str, least: int) -> bool:  # bools are ints to Python, not here
             value = getattr(self, key)
             return isinstance(value, bool) or not isinstance(value, int) or value < least
 
         problems = [
             f"oel.extraction.{key}={getattr(self, key)!r} must be a positive integer"
             for key in ("num_streams", "games_per_stream", "budget_tokens", "max_item_tokens")
-            if integer_below(key, 1)
+            if not_an_integer_from(key, 1)
         ]
-        if self.max_turn_tokens is not None and integer_below("max_turn_tokens", 1):
+        if self.max_turn_tokens is not None and not_an_integer_from("max_turn_tokens", 1):
             problems.append(
                 f"oel.extraction.max_turn_tokens={self.max_turn_tokens!r} must be a positive integer or null"
             )
-        if integer_below("in_context_games", 0):
+        if not_an_integer_from("in_context_games", 0):
             problems.append(
                 f"oel.extraction.in_context_games={self.in_context_games!r} must be a non-negative integer"
             )
