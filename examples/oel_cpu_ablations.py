@@ -1,15 +1,17 @@
 """OEL and its ablations on the CPU demo, over several seeds, in one table.
 
-Runs ``oel-cpu-demo`` (OEL) and its ablation recipes (a moving teacher, raw trajectories instead of
-extracted knowledge, knowledge in context only) once per seed with the warmed tiny model, then prints
-the held-out pass rate per round, without knowledge and with the round's knowledge in the teacher's
-prompt (pi_{r-1}, measured before consolidation), the
+Runs ``oel-cpu-demo`` (OEL) and its variants (OPCD's online mode, the forward KL as the loss, a moving
+teacher, raw trajectories instead of extracted knowledge, knowledge in context only) once per seed with
+the warmed tiny model, then prints the held-out pass rate per round, without knowledge and with the
+round's knowledge in the teacher's prompt (pi_{r-1}, measured before consolidation), the
 reply's length without knowledge (tokens per turn: a one-word reply is 4, a reply that no longer ends
-runs to the 8-token limit) and the knowledge items the round's model wrote (summed over its streams:
-0 means the round's teacher had nothing to add), as mean ± standard deviation over the seeds (per
-seed in brackets).
+runs to the 8-token limit), the knowledge items the round's model wrote (summed over its streams:
+0 means the round has nothing to consolidate, and keeps the previous round's model), and out-of-domain
+retention: the round's model, without knowledge, on the recipe's ``oel.ood.games`` (the demo's: the
+other held-out families), pass rate and valid-action rate averaged over those entries; each as mean ±
+standard deviation over the seeds (per seed in brackets).
 
-    python examples/oel_cpu_ablations.py                   # 4 recipes x 3 seeds, about 40 min on 2 cores
+    python examples/oel_cpu_ablations.py                   # 6 recipes x 3 seeds, about 65 min on 2 cores
     python examples/oel_cpu_ablations.py --seeds 0 --recipes oel-cpu-demo
 
 Each run is ``verl-oel train`` in its own directory under ``--run-dir``: rerunning the script resumes
@@ -33,6 +35,8 @@ from verl_oel.oel.run_state import read_run_spec
 
 METHODS = {
     "oel-cpu-demo": "OEL",
+    "oel-cpu-demo-online": "OEL, online mode",
+    "oel-cpu-demo-forward-kl": "forward KL (teacher's top-k)",
     "oel-cpu-demo-moving-teacher": "moving teacher",
     "oel-cpu-demo-raw-trajectories": "raw trajectories",
     "oel-cpu-demo-in-context": "in context only",
@@ -65,12 +69,15 @@ def run(recipe: str, seed: int, model: Path, run_dir: Path) -> None:
 
 
 class RoundResult(NamedTuple):
-    """One round's evaluation: pass rates (0-1), the reply's length without knowledge, items written."""
+    """One round's evaluation: pass rates (0-1), the reply's length without knowledge, items written, and
+    the OOD entries' mean pass and valid-action rates (0-1)."""
 
     without_knowledge: float
     with_knowledge: float | None  # None in round 0: there is no knowledge yet
     tokens_per_turn: float
     knowledge_items: int | None  # None in round 0
+    ood_pass: float | None = None  # None: the run measured no OOD games
+    ood_valid: float | None = None
 
 
 def round_results(run_dir: Path) -> list[RoundResult]:
@@ -80,7 +87,12 @@ def round_results(run_dir: Path) -> list[RoundResult]:
     evals = [load_round_eval(layout.eval_json(r)) for r in range(rounds + 1)]
     return [
         RoundResult(
-            e.pass_rate_no_knowledge, e.pass_rate_with_knowledge, e.tokens_per_turn, e.knowledge_items
+            e.pass_rate_no_knowledge,
+            e.pass_rate_with_knowledge,
+            e.tokens_per_turn,
+            e.knowledge_items,
+            statistics.mean(r.pass_rate for r in e.ood) if e.ood else None,
+            statistics.mean(r.valid_action_rate for r in e.ood) if e.ood else None,
         )
         for e in evals
     ]
@@ -98,12 +110,12 @@ def cell(values: list[float | None], scale: float = 100.0, digits: int = 0) -> s
 
 def table(results: dict[str, dict[int, list[RoundResult]]], seeds: list[int]) -> str:
     lines = [
-        f"Held-out pass rate (%), tokens per turn and items written, mean ± sd over seeds {seeds} "
-        "(per seed in brackets)",
+        f"Held-out pass rate (%), tokens per turn, items written and out-of-domain rates (%), mean ± sd "
+        f"over seeds {seeds} (per seed in brackets)",
         "",
         "| method | round | pass rate without knowledge | with knowledge in context (teacher) "
-        "| tokens/turn without | items written |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| tokens/turn without | items written | OOD pass rate | OOD valid actions |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for recipe, by_seed in results.items():
         rounds = len(next(iter(by_seed.values())))
@@ -113,7 +125,15 @@ def table(results: dict[str, dict[int, list[RoundResult]]], seeds: list[int]) ->
             within = cell([r.with_knowledge for r in results_of_round])
             tokens = cell([r.tokens_per_turn for r in results_of_round], scale=1.0, digits=1)
             items = cell([r.knowledge_items for r in results_of_round], scale=1.0)
-            lines.append(f"| {METHODS[recipe]} | {round} | {without} | {within} | {tokens} | {items} |")
+            ood = [
+                cell([r.ood_pass for r in results_of_round]),
+                cell([r.ood_valid for r in results_of_round]),
+            ]
+            lines.append(
+                f"| {METHODS[recipe]} | {round} | {without} | {within} | {tokens} | {items} | "
+                + " | ".join(ood)
+                + " |"
+            )
     return "\n".join(lines)
 
 

@@ -265,12 +265,24 @@ MUTATIONS = [
         "teacher == student its gradient is round-off, not 0",
         "verl_oel/distill/losses.py",
         "    per_token = value + (grad * (student - student.detach())).sum(-1)\n",
-        "    tail = _log_tail_mass(student)\n"
-        "    per_token = (student.exp() * (student - teacher)).sum(-1) + tail.exp() * (tail - "
-        "_log_tail_mass(teacher))\n",
+        "    per_token = (student.exp() * (student - teacher)).sum(-1)"
+        " + student_tail.exp() * log_tail_ratio\n",
         (
             "tests/distill/test_losses.py::"
             "test_tail_aware_topk_reverse_kl_is_exactly_zero_with_zero_gradient_at_teacher_equal_student",
+        ),
+    ),
+    Mutation(
+        "teacher-tail-from-its-top-k-log-probs",
+        "the tail-aware loss takes the teacher's tail as 1 - sum(exp(log-probs at the ids)): round-off for a "
+        "confident teacher in float32",
+        "verl_oel/distill/losses.py",
+        "        log_tail_ratio = student_tail - _teacher_log_tail("
+        "batch, rows, on_support.ids, chunk_size)\n",
+        "        log_tail_ratio = student_tail - torch.log((-torch.expm1(torch.logsumexp(teacher, -1).clamp("
+        "max=0.0))).clamp_min(torch.finfo(teacher.dtype).tiny))\n",
+        (
+            "tests/distill/test_losses.py::test_the_tail_aware_loss_keeps_a_confident_teachers_tail_in_float32",
         ),
     ),
     Mutation(
@@ -419,6 +431,62 @@ MUTATIONS = [
         "            return future.result()\n        except Exception:\n            return False, 0.0\n"
         "        except BaseException as error:",
         ("tests/envs/test_game_generation.py::test_a_game_that_cannot_be_generated_is_named",),
+    ),
+    Mutation(
+        "teacher-trusts-the-prompt-column",
+        "the teacher pass builds its prompt from a prompt column that is not the student's, unchecked",
+        "verl_oel/distill/worker.py",
+        "            if knowledge and tokenize_chat(messages) != student_prompt.tolist():\n",
+        "            if False:\n",
+        (
+            "tests/distill/test_length_safety.py::"
+            "test_worker_refuses_a_prompt_column_that_is_not_the_students_prompt",
+        ),
+    ),
+    Mutation(
+        "online-rows-keep-the-placeholder-prompt",
+        "the online mode's rows keep the game rows' placeholder prompt, from which the teacher's is built",
+        "verl_oel/oel/stage_data.py",
+        '            row["prompt"] = opening_messages(',
+        '            row["placeholder"] = opening_messages(',
+        (
+            "tests/oel/test_oel_stage_data.py::test_online_rows_carry_the_real_opening_prompt_and_one_stream_each",
+        ),
+    ),
+    Mutation(
+        "ood-entries-play-the-trained-game",
+        "every oel.ood.games entry plays the run's own game instead of its own",
+        "verl_oel/oel/stage_data.py",
+        "        game=entry.game,\n        settings=entry.game_settings,\n",
+        "        game=loop.game,\n        settings=loop.game_settings,\n",
+        (
+            "tests/oel/test_oel_stage_data.py::"
+            "test_ood_games_are_the_same_every_round_and_share_no_seed_with_the_held_out_games",
+        ),
+    ),
+    Mutation(
+        "ood-change-against-the-previous-round",
+        "the report's OOD table shows each round's change from the previous round's instead of the base's",
+        "verl_oel/oel/report.py",
+        '                    cell += f" ({100 * (value - base[name][key]):+.1f})"\n',
+        '                    cell += f" ({100 * (value - previous.get(name, base[name])[key]):+.1f})"\n'
+        "                previous = results\n",
+        (
+            "tests/oel/test_oel_report.py::"
+            "test_out_of_domain_games_are_tabled_against_the_base_and_drawn_in_a_third_panel",
+        ),
+    ),
+    Mutation(
+        "a-round-without-knowledge-still-trains",
+        "a round whose extraction kept no item consolidates anyway (on round-off), not keeping its model",
+        "verl_oel/oel/trainer.py",
+        '        if sum(self.state.summary(round, EXTRACTION)["items"]) == 0:\n',
+        "        if False:\n",
+        (
+            "tests/oel/test_oel_empty_round_cpu.py::"
+            "test_a_round_without_knowledge_skips_consolidation_and_keeps_the_previous_model",
+        ),
+        stack="verl",
     ),
 ]
 

@@ -15,6 +15,7 @@ from verl_oel.oel.config import OELConfig
 from verl_oel.oel.extraction_stage import ExtractionConfig, stream_specs
 from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
 from verl_oel.seeds import (
+    STAGE_PURPOSES,
     extraction_request_seed,
     game_seeds,
     stage_sampling_seed,
@@ -88,9 +89,9 @@ def test_stage_rows_carry_the_pinned_seeds(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("purpose", ["evaluation", "deployment", "consolidation"])
+@pytest.mark.parametrize("purpose", sorted(STAGE_PURPOSES))
 def test_no_two_purposes_share_a_sampling_seed(purpose):
-    others = {p for p in ("evaluation", "deployment", "consolidation") if p != purpose}
+    others = {p for p in STAGE_PURPOSES if p != purpose}
 
     def seeds(purposes):
         grid = [(p, r, i, t) for p in purposes for r in range(3) for i in range(50) for t in range(10)]

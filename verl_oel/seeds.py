@@ -31,8 +31,9 @@ SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "extract": 3, "deploy": 4}
 """The game-seed block of each split. ``extract``/``deploy``: the games OEL plays to write knowledge and to
 collect deployment prompts; disjoint from the held-out ``test`` games by construction."""
 
-STAGE_PURPOSES = {"evaluation": 1, "deployment": 2, "consolidation": 3}
-"""The sampling-seed block of each stage whose rows sample with a per-row seed."""
+STAGE_PURPOSES = {"evaluation": 1, "deployment": 2, "consolidation": 3, "ood": 4}
+"""The sampling-seed block of each stage whose rows sample with a per-row seed (``ood``: the round slot holds
+the entry's index in ``oel.ood.games``, whose games are the same every round)."""
 
 _SAMPLING_BLOCK = 1_000_000
 _PROBE_BASE_STRIDE = 7919  # a prime: each round's probe games start from their own base seed

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from verl.utils import tensordict_utils as tu
 
 from verl_oel.distill.config import ConsolidationConfig
-from verl_oel.distill.worker import ConsolidationWorker, TeacherPromptTooLongError
+from verl_oel.distill.worker import ConsolidationWorker, TeacherPromptMismatchError, TeacherPromptTooLongError
 from verl_oel.recipe_checks import RecipeError, check_recipe
 from verl_oel.recipe_loader import compose_recipe
 
@@ -80,3 +80,39 @@ def test_worker_refuses_knowledge_longer_than_its_budget(tiny_model_dir):
     worker.consolidation = ConsolidationConfig(max_knowledge_length=512)
     (teacher_prompt,) = ConsolidationWorker.teacher_prompts(worker, data)
     assert len(teacher_prompt) > len(prompt)
+
+
+def test_worker_refuses_a_prompt_column_that_is_not_the_students_prompt(tiny_model_dir):
+    """The teacher reads the sample's prompt column with the knowledge: when that column does not render to
+    the prompt the student read (a game row's placeholder prompt, another chat-template setting), the
+    teacher would score the response after another prompt. Without knowledge the student's ids are reused
+    as they are, so nothing is compared."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    played = [
+        {"role": "system", "content": "Open a door."},
+        {"role": "user", "content": "Doors: [ship] [map]"},
+    ]
+    placeholder = [{"role": "system", "content": "Open a door."}, {"role": "user", "content": "seed 7"}]
+    prompt = tokenizer.apply_chat_template(
+        played, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+
+    def data(raw_prompt, knowledge):
+        batch = TensorDict(
+            {"prompts": torch.nested.as_nested_tensor([torch.tensor(prompt)], layout=torch.jagged)},
+            batch_size=[1],
+        )
+        tu.assign_non_tensor_stack(batch, "raw_prompt", [raw_prompt])
+        tu.assign_non_tensor_stack(batch, "oel_knowledge", [knowledge])
+        return batch
+
+    worker = SimpleNamespace(
+        consolidation=ConsolidationConfig(max_knowledge_length=512),
+        tokenizer=tokenizer,
+        chat_template_kwargs={},
+    )
+    with pytest.raises(TeacherPromptMismatchError, match=r"sample 0: its prompt column .* is not the prompt"):
+        ConsolidationWorker.teacher_prompts(worker, data(placeholder, "- the exit is [ship]"))
+    (teacher,) = ConsolidationWorker.teacher_prompts(worker, data(played, "- the exit is [ship]"))
+    assert len(teacher) > len(prompt)
+    assert ConsolidationWorker.teacher_prompts(worker, data(placeholder, "")) == [prompt]

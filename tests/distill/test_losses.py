@@ -1,16 +1,18 @@
 """The consolidation losses against brute-force float64 references, values and gradients alike."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from verl_oel.distill.losses import (
     DistillationBatch,
     get_cd_loss,
     register_cd_loss,
+    teacher_log_tail_at,
     teacher_logprobs_at,
     topk_support,
 )
@@ -324,6 +326,7 @@ def test_no_gradient_reaches_shipped_teacher_logprobs(name):
     ids = topk_support(student, 4)
     shipped_topk = teacher_logprobs_at(teacher, ids, tau).requires_grad_()
     shipped_sampled = ref_log_probs(teacher, tau).gather(-1, sampled[..., None])[..., 0].requires_grad_()
+    shipped_tail = teacher_log_tail_at(teacher, ids, tau).requires_grad_()
     batch = DistillationBatch(
         student,
         mask,
@@ -332,10 +335,11 @@ def test_no_gradient_reaches_shipped_teacher_logprobs(name):
         teacher_topk_logprobs=shipped_topk,
         sampled_ids=sampled,
         teacher_sampled_logprobs=shipped_sampled,
+        teacher_log_tail=shipped_tail,
     )
     get_cd_loss(name)(batch, **({"k": 4} if name.startswith("topk_") else {}))[0].backward()
     assert torch.count_nonzero(student.grad) > 0
-    assert shipped_topk.grad is None and shipped_sampled.grad is None
+    assert shipped_topk.grad is None and shipped_sampled.grad is None and shipped_tail.grad is None
 
 
 def test_teacher_logprobs_at_is_a_chunked_full_vocabulary_log_softmax():
@@ -419,13 +423,17 @@ def test_tail_aware_topk_reverse_kl_matches_bruteforce(k, temperature):
     student, teacher, mask, tau, _ = make_case(seed=30 + k, temperature=temperature)
     ids = topk_support(student, k)
     shipped = teacher_logprobs_at(teacher, ids, tau, chunk_size=2)
+    tail = teacher_log_tail_at(teacher, ids, tau, chunk_size=2)
     loss = get_cd_loss("topk_reverse_kl_tail")
 
     def from_logits(s):
         return loss(DistillationBatch(s, mask, tau, teacher_logits=teacher), k=k, chunk_size=4)[0]
 
     def from_worker(s):
-        return loss(DistillationBatch(s, mask, tau, topk_ids=ids, teacher_topk_logprobs=shipped), k=k)[0]
+        batch = DistillationBatch(
+            s, mask, tau, topk_ids=ids, teacher_topk_logprobs=shipped, teacher_log_tail=tail
+        )
+        return loss(batch, k=k)[0]
 
     for ours in (from_logits, from_worker):
         assert_same(ours, lambda s: ref_topk_reverse_kl_tail(s, teacher, mask, tau, ids), student)
@@ -441,7 +449,12 @@ def test_tail_aware_topk_reverse_kl_is_exactly_zero_with_zero_gradient_at_teache
     batches = [
         DistillationBatch(student, mask, tau, teacher_logits=student.detach().clone()),
         DistillationBatch(
-            student, mask, tau, topk_ids=ids, teacher_topk_logprobs=teacher_logprobs_at(student, ids, tau)
+            student,
+            mask,
+            tau,
+            topk_ids=ids,
+            teacher_topk_logprobs=teacher_logprobs_at(student, ids, tau),
+            teacher_log_tail=teacher_log_tail_at(student, ids, tau),
         ),
     ]
     for batch in batches:
@@ -460,6 +473,9 @@ logit_rows = st.lists(st.floats(-20, 20, allow_nan=False), min_size=5, max_size=
 
 @settings(max_examples=60, deadline=None)
 @given(student=logit_rows, teacher=logit_rows, k=st.integers(1, 5), temperature=st.floats(0.3, 2.0))
+# A teacher whose tail is ~1e-11: with its tail taken as 1 - exp(log-probs at the ids) this case was
+# 1.3e-6 above the full KL (found by this test, 2026-12-04), the log-probs' float64 round-off.
+@example(student=[1.0, 0.0, 0.0, 0.0, 0.0], teacher=[10.0, 0.0, 0.0, 0.0, 0.0], k=1, temperature=0.375)
 def test_tail_aware_topk_reverse_kl_lies_between_zero_and_the_full_reverse_kl(
     student, teacher, k, temperature
 ):
@@ -470,11 +486,41 @@ def test_tail_aware_topk_reverse_kl_lies_between_zero_and_the_full_reverse_kl(
     batch = DistillationBatch(s, torch.ones(1, 1), temperature, teacher_logits=t)
     tail_aware = get_cd_loss("topk_reverse_kl_tail")(batch, k=k)[0].item()
     full = get_cd_loss("full_reverse_kl")(batch)[0].item()
-    # Float64 round-off only: the tail's log goes through expm1(logsumexp) (worst seen: 1e-10 relative, a
-    # one-token tail whose teacher probability is e^-18.6).
-    assert -1e-12 <= tail_aware <= full * (1 + 1e-8) + 1e-12
+    # Float64 round-off only: both tails are log-sum-exps over the tokens outside the ids.
+    assert -1e-12 <= tail_aware <= full * (1 + 1e-12) + 1e-12
     if k == 5:
         assert tail_aware == pytest.approx(full, rel=1e-9, abs=1e-12)
+
+
+def test_the_tail_aware_loss_keeps_a_confident_teachers_tail_in_float32():
+    """At the paper's settings the teacher with the knowledge puts almost all its mass on the student's
+    top-k: here 1 - 1e-9. The teacher pass computes in float32, where each log-prob at an id is off by
+    ~1e-7 of the logits' scale, so 1 - Σ exp(those log-probs) is round-off (here below 0: clamped, it made
+    the tail's log ~66 nats wrong); the shipped log tail (a log-sum-exp over the other tokens) keeps it."""
+    generator = torch.Generator().manual_seed(7)
+    student = torch.randn(1, 3, 512, generator=generator, dtype=torch.float64) * 2
+    ids = topk_support(student, 16)
+    teacher = student.clone()
+    teacher.scatter_(-1, ids[..., :1], 0.7 * (math.log(1e9) + math.log(512)) + 2.0)  # tail ~1e-9 at T=0.7
+    mask = torch.ones(1, 3)
+    reference = ref_topk_reverse_kl_tail(student, teacher, mask, 0.7, ids)
+    tail = teacher_log_tail_at(teacher.float(), ids, 0.7)
+    assert float(tail.exp().max()) < 1e-8  # the case is the confident one
+    naive = 1 - teacher_logprobs_at(teacher.float(), ids, 0.7).double().exp().sum(-1)
+    exact = tail.double().exp()
+    assert float(((naive - exact) / exact).abs().max()) > 1  # 1 - Q from the log-probs: all round-off
+    batch = DistillationBatch(
+        student.float(),
+        mask,
+        0.7,
+        topk_ids=ids,
+        teacher_topk_logprobs=teacher_logprobs_at(teacher.float(), ids, 0.7),
+        teacher_log_tail=tail,
+    )
+    loss = get_cd_loss("topk_reverse_kl_tail")(batch, k=16)[0]
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="neither teacher_logits nor teacher_log_tail"):
+        get_cd_loss("topk_reverse_kl_tail")(replace(batch, teacher_log_tail=None), k=16)
 
 
 def test_truncated_reverse_kl_can_be_negative():

@@ -15,6 +15,7 @@ from verl.workers.utils.padding import response_from_nested
 
 from verl_oel.distill.actor_loss import (
     TEACHER_ENTROPY,
+    TEACHER_LOG_TAIL,
     TEACHER_SAMPLED_LOGPROBS,
     TEACHER_TOPK_IDS,
     TEACHER_TOPK_LOGPROBS,
@@ -143,11 +144,16 @@ def test_batched_scores_equal_a_direct_forward_position_by_position(tokenizer, m
         for i, r in enumerate(responses)
     ]
 
-    scores = score_responses(model, sequences, responses, TEMPERATURE, ids=ids, k=7, micro_batch_size=2)
+    scores = score_responses(
+        model, sequences, responses, TEMPERATURE, ids=ids, k=7, micro_batch_size=2, log_tail=True
+    )
 
     for score, prompt, response, given in zip(scores, teacher_prompts, responses, ids, strict=True):
         reference = direct_log_probs(model, prompt, response.tolist())
         torch.testing.assert_close(score.topk_logprobs, reference.gather(-1, given), rtol=1e-5, atol=1e-5)
+        # The tail-aware loss's teacher number: the log-mass outside the given ids.
+        outside = reference.scatter(-1, given, float("-inf")).logsumexp(-1)
+        torch.testing.assert_close(score.log_tail, outside, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(
             score.sampled_logprobs, reference.gather(-1, response[:, None]).squeeze(-1), rtol=1e-5, atol=1e-5
         )
@@ -477,7 +483,11 @@ def verl_micro_batch(
         build_teacher_prompt_ids(lambda m: chat_ids(tokenizer, m), msgs, knowledge, TEMPLATE, prompt)
         for msgs, prompt, _, _ in batch
     ]
-    at = {"k": k, "own_topk_logprobs": True} if teacher_topk else {"ids": [s.topk_ids for s in student]}
+    at = (
+        {"k": k, "own_topk_logprobs": True}
+        if teacher_topk
+        else {"ids": [s.topk_ids for s in student], "log_tail": True}
+    )
     teacher = score_responses(
         model,
         [torch.tensor(p + r.tolist()) for p, r in zip(teacher_prompts, responses, strict=True)],
@@ -500,6 +510,7 @@ def verl_micro_batch(
             TEACHER_TOPK_LOGPROBS: to_response_layout([t.topk_logprobs for t in teacher]),
             TEACHER_SAMPLED_LOGPROBS: to_response_layout([t.sampled_logprobs for t in teacher]),
             TEACHER_ENTROPY: to_response_layout([t.entropy for t in teacher]),
+            **({} if teacher_topk else {TEACHER_LOG_TAIL: to_response_layout([t.log_tail for t in teacher])}),
         },
         batch_size=[len(batch)],
     )
@@ -577,8 +588,11 @@ def test_actor_loss_equals_the_per_sample_topk_reverse_kl_on_model_tokens_only(t
         p, q = student.gather(-1, ids), teacher.gather(-1, ids)
         tail = 0.0
         if name == "topk_reverse_kl_tail":
-            tail_p, tail_q = 1 - p.exp().sum(-1), 1 - q.exp().sum(-1)
-            tail = tail_p * (tail_p.log() - tail_q.log())
+            # Each model's log-mass outside the ids, summed over those tokens (1 - Σ p is round-off here).
+            log_tail_p, log_tail_q = (
+                x.scatter(-1, ids, float("-inf")).logsumexp(-1) for x in (student, teacher)
+            )
+            tail = log_tail_p.exp() * (log_tail_p - log_tail_q)
         per_token.append((p.exp() * (p - q)).sum(-1) + tail)
         masks.append(torch.tensor(mask, dtype=torch.bool))
         logged["student_entropy"].append(-(student.exp() * student).sum(-1))
@@ -686,9 +700,12 @@ def test_sampled_token_losses_through_the_actor_path_match_the_direct_formula(to
 
 def test_the_tail_aware_loss_is_picked_from_yaml_and_takes_the_paper_losss_data():
     """``oel.loss: topk_reverse_kl_tail`` alone: the student pass keeps its top-k ids, the teacher is scored
-    at them (``uses_topk``), and the loss gets ``oel.k``, as for ``topk_reverse_kl``."""
+    at them (``uses_topk``) and ships its log-mass outside them, and the loss gets ``oel.k``, as for
+    ``topk_reverse_kl``."""
     config = ConsolidationConfig.from_mapping({"loss": "topk_reverse_kl_tail", "k": 16})
     assert config.uses_topk and config.loss_options() == {"chunk_size": 256, "k": 16}
+    # ... plus one number per token from the teacher: its log-mass outside those ids.
+    assert config.uses_teacher_tail and not ConsolidationConfig(loss="topk_reverse_kl").uses_teacher_tail
     assert not ConsolidationConfig.from_mapping({"loss": "k1"}).uses_topk
     # forward_kl: over the teacher's own top-k, the only support a teacher worker can ship.
     config = ConsolidationConfig.from_mapping({"loss": "forward_kl", "k": 8})

@@ -43,9 +43,13 @@ def test_a_bad_extraction_value_is_named_in_full():
         OELConfig.from_mapping({**LOOP, "extraction": {"games_per_stream": 4, "cut_after": 9}})
 
 
-def test_the_online_mode_is_refused_when_the_config_is_read():
-    with pytest.raises(OELConfigError, match=r"oel\.mode=online .*not implemented yet"):
-        OELConfig.from_mapping({**LOOP, "mode": "online"})
+def test_both_modes_are_read_and_another_is_named():
+    assert [OELConfig.from_mapping({**LOOP, "mode": mode}).mode for mode in ("replay", "online")] == [
+        "replay",
+        "online",
+    ]
+    with pytest.raises(OELConfigError, match=r"oel\.mode='offline'; expected one of \['replay', 'online'\]"):
+        OELConfig.from_mapping({**LOOP, "mode": "offline"})
 
 
 def test_required_keys_and_unknown_subsection_keys_are_named():
@@ -79,3 +83,46 @@ def test_game_generation_workers_default_to_the_cores_and_a_bad_count_is_named(m
     for bad in (-1, 2.5, True, "4"):
         with pytest.raises(OELConfigError, match=r"oel\.game_generation_workers=.* must be an integer >= 0"):
             OELConfig.from_mapping({**LOOP, "game_generation_workers": bad})
+
+
+OOD = [
+    {"name": "river", "game": "hidden-rule", "game_settings": {"family": "river"}, "num_games": 8},
+    {"name": "lake", "game": "frozenlake"},
+]
+
+
+def test_ood_games_are_read_with_their_defaults():
+    loop = OELConfig.from_mapping({**LOOP, "ood": {"games": OOD}})
+    river, lake = loop.ood.games
+    assert (river.name, river.game, river.game_settings, river.num_games) == (
+        "river",
+        "hidden-rule",
+        {"family": "river"},
+        8,
+    )
+    assert (lake.game_settings, lake.num_games, lake.seed) == ({}, 32, 0)
+    assert OELConfig.from_mapping(LOOP).ood.games == ()
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([{"game": "frozenlake"}], r"oel\.ood\.games\[0\]\.name is required"),
+        ([OOD[1], {"name": "x", "gam": "frozenlake"}], r"oel\.ood\.games\[1\]\.gam: unknown key"),
+        ([OOD[1], OOD[1]], r"oel\.ood\.games\[1\]\.name='lake' is an earlier entry's"),
+        ([{**OOD[1], "num_games": 0}], r"oel\.ood\.games\[0\]\.num_games=0 must be a positive integer"),
+        ([{**OOD[1], "seed": "0"}], r"oel\.ood\.games\[0\]\.seed='0' must be an integer"),
+        ([{"name": "x", "game": "chess"}], r"oel\.ood\.games\[0\]\.game='chess': unknown game"),
+        ([{**OOD[0], "game_settings": {"family": "sea"}}], r"oel\.ood\.games\[0\]\.game_settings: family"),
+        ("river", r"oel\.ood\.games='river' must be a list"),
+        (["river"], r"oel\.ood\.games\[0\]='river' must be a mapping"),
+    ],
+)
+def test_a_bad_ood_entry_is_named_by_its_index_before_anything_runs(entries, message):
+    with pytest.raises(OELConfigError, match=message):
+        OELConfig.from_mapping({**LOOP, "ood": {"games": entries}})
+
+
+def test_an_unknown_ood_key_is_named():
+    with pytest.raises(OELConfigError, match=r"oel\.ood\.gamez: unknown key; known: \['games'\]"):
+        OELConfig.from_mapping({**LOOP, "ood": {"gamez": OOD}})

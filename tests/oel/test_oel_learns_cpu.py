@@ -18,7 +18,7 @@ import json
 import shutil
 
 import pytest
-from oel_testing import run_verl_oel
+from oel_testing import read_metrics, run_verl_oel
 
 from verl_oel.oel import RunLayout, load_round_eval
 from verl_oel.oel.run_state import read_stage_markers
@@ -102,3 +102,20 @@ def test_with_knowledge_in_context_is_the_teachers_score_not_the_consolidated_mo
     assert round_1["eval"]["pass_rate_with_knowledge"] == in_context["pass_rate"]
     assert trained.pass_rate_no_knowledge < base.pass_rate_no_knowledge, (base, trained)  # wrecked
     assert trained.pass_rate_with_knowledge > base.pass_rate_no_knowledge + MIN_GAIN, (base, trained)
+
+
+def test_one_round_of_online_oel_lifts_the_pass_rate_without_knowledge(tmp_path, warm_model_dir):
+    """OPCD's online mode (``oel-cpu-demo-online``, the demo with ``oel.mode: online``): no deployment
+    prompts are replayed; each consolidation step the student plays 8 of the round's 32 fresh games
+    itself, and the frozen teacher (pi_0 with the round's knowledge) scores its tokens. The issue's bar:
+    at least 80 % without knowledge after one round."""
+    base, trained, markers = _one_round(tmp_path, warm_model_dir, "oel-cpu-demo-online")
+    deployment = markers["deployment"]["summary"]
+    assert (deployment["games"], deployment["played_by"]) == (32, "consolidation")
+    steps = read_metrics(RunLayout((tmp_path / "run").resolve()).metrics_jsonl(1))
+    # Each step's samples are whole games the student played: verl scored them (1 for a win).
+    wins = [metrics["critic/score/mean"] for _, metrics in sorted(steps.items())]
+    rates = (base.pass_rate_no_knowledge, trained.pass_rate_no_knowledge)
+    report = f"base {rates[0]:.2f}, after round 1 {rates[1]:.2f}; the steps' games won {wins}"
+    assert len(wins) == 8 and all(0.0 <= w <= 1.0 for w in wins), report
+    assert trained.pass_rate_no_knowledge >= max(0.80, base.pass_rate_no_knowledge + MIN_GAIN), report

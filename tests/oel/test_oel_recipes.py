@@ -208,17 +208,14 @@ def test_an_unknown_loop_key_is_named(tiny_model_dir):
         load_oel_recipe("oel_cpu_tiny", [f"actor_rollout_ref.model.path={tiny_model_dir}", "+oel.roundz=3"])
 
 
-def test_the_online_variant_says_it_is_not_implemented(tiny_model_dir):
-    with pytest.raises(RecipeError, match="oel.mode=online .* not implemented"):
-        load_oel_recipe("oel_cpu_tiny", [f"actor_rollout_ref.model.path={tiny_model_dir}", "oel.mode=online"])
-
-
 @pytest.mark.parametrize(
     ("name", "key", "value"),
     [
         ("oel-cpu-demo-moving-teacher", "oel.teacher", "moving"),
         ("oel-cpu-demo-raw-trajectories", "oel.extraction.knowledge_source", "trajectories"),
         ("oel-cpu-demo-in-context", "oel.consolidation_steps", 0),
+        ("oel-cpu-demo-online", "oel.mode", "online"),
+        ("oel-cpu-demo-forward-kl", "oel.loss", "forward_kl"),
     ],
 )
 def test_each_ablation_is_the_demo_with_its_one_change(name, key, value, tiny_model_dir):

@@ -2,6 +2,7 @@
 
 import json
 import struct
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from verl_oel.oel import (
     EvalFormatError,
     InContextPoint,
     NextStage,
+    OODResult,
     RoundEval,
     RunSpec,
     RunState,
@@ -99,6 +101,7 @@ def test_report_tables_every_round_with_its_numbers(tmp_path):
     width, height = png_size(paths.png.read_bytes())
     assert 800 <= width <= 1600 and 300 <= height <= 800
     assert paths.png.stat().st_size > 20_000  # two drawn panels, not an empty canvas
+    assert "Out-of-domain" not in markdown  # the run measured none
 
 
 def test_unfinished_and_unreadable_rounds_render_as_such(tmp_path):
@@ -138,6 +141,58 @@ def test_eval_json_round_trips_and_bad_fields_are_named(tmp_path):
         ({"tokens_per_turn": True}, r"field 'tokens_per_turn' is True; expected float"),
     ):
         path.write_text(json.dumps({**document, **change}))
+        with pytest.raises(EvalFormatError, match=message):
+            load_round_eval(path)
+
+
+def test_out_of_domain_games_are_tabled_against_the_base_and_drawn_in_a_third_panel(tmp_path):
+    def ood(river_pass, river_valid, lake_pass):
+        return (
+            OODResult(name="river", num_games=32, pass_rate=river_pass, valid_action_rate=river_valid),
+            OODResult(name="lake", num_games=16, pass_rate=lake_pass, valid_action_rate=1.0),
+        )
+
+    evals = {
+        0: replace(EVALS[0], ood=ood(0.25, 0.98, 0.5)),
+        1: replace(EVALS[1], ood=ood(0.0, 0.11, 0.5625)),
+        2: replace(EVALS[2], ood=ood(0.21875, 0.96875, 0.5)),
+    }
+    run_dir = tmp_path / "run"
+    with RunState.open(run_dir, SPEC) as state:
+        while (step := state.next_stage()) is not None and step != NextStage(3, "teacher_refresh"):
+            if step.stage == "evaluation":
+                save_round_eval(state.layout, evals[step.round])
+            state.mark_done(*step, {"seconds": 90.0})
+    paths = render_report(run_dir)
+    markdown = paths.markdown.read_text()
+    assert "| round | river pass | river valid actions | lake pass | lake valid actions |" in markdown
+    assert "| 0 (base) | 25.0% | 98.0% | 50.0% | 100.0% |" in markdown
+    assert "| 1 | 0.0% (-25.0) | 11.0% (-87.0) | 56.2% (+6.2) | 100.0% (+0.0) |" in markdown
+    assert "| 2 | 21.9% (-3.1) | 96.9% (-1.1) | 50.0% (+0.0) | 100.0% (+0.0) |" in markdown
+    report = json.loads(paths.json.read_text())
+    assert report["rounds"][1]["eval"]["ood"][0] == {
+        "name": "river",
+        "num_games": 32,
+        "pass_rate": 0.0,
+        "valid_action_rate": 0.11,
+    }
+    width, _ = png_size(paths.png.read_bytes())
+    assert width > 1600  # the third panel; a run without OOD games draws two (the first test)
+    assert load_round_eval(run_dir / "rounds/round_001/eval.json") == evals[1]
+
+
+def test_a_bad_ood_field_is_named_with_its_index(tmp_path):
+    river = OODResult(name="river", num_games=4, pass_rate=0.5, valid_action_rate=1.0)
+    record = replace(EVALS[0], ood=(river,))
+    with RunState.open(tmp_path / "run", SPEC) as state:
+        path = save_round_eval(state.layout, record)
+    document = json.loads(path.read_text())
+    for change, message in (
+        ({"pass_rate": 50.0}, r"ood\[0\]\.pass_rate=50\.0 is not a fraction"),
+        ({"valid_action_rate": None}, r"field 'ood\[0\]\.valid_action_rate' is None; expected float"),
+        ({"name": 3}, r"field 'ood\[0\]\.name' is 3; expected str"),
+    ):
+        path.write_text(json.dumps({**document, "ood": [{**document["ood"][0], **change}]}))
         with pytest.raises(EvalFormatError, match=message):
             load_round_eval(path)
 
@@ -222,18 +277,21 @@ def test_verl_oel_report_diffs_two_rounds_knowledge(tmp_path, capsys):
     assert "round 3 has no knowledge to compare: its extraction is not finished" in capsys.readouterr().err
 
 
-def test_a_round_whose_extraction_wrote_nothing_shows_no_knowledge_numbers(tmp_path):
-    """Its in_context stage played the teacher with empty streams: that is not "with knowledge", and its
-    extraction's in-context curve is the model without any."""
+@pytest.mark.parametrize("skipped", [True, False], ids=["consolidation-skipped", "an-earlier-run"])
+def test_a_round_whose_extraction_wrote_nothing_shows_no_knowledge_numbers(tmp_path, skipped):
+    """Such a round has no "with knowledge" number (an earlier version's in_context stage played the teacher
+    with empty streams, which is not that), and its extraction's in-context curve is the model without any;
+    the trainer skips its consolidation, which the table says."""
     empty = RoundEval(
         round=1,
         num_games=32,
         pass_rate_no_knowledge=0.25,
         tokens_per_turn=12.0,
-        pass_rate_with_knowledge=0.25,
+        pass_rate_with_knowledge=None if skipped else 0.25,
         knowledge_items=0,
         in_context_curve=(InContextPoint(games=1, pass_rate=0.0),),
-        consolidation=ConsolidationSummary(kl_first=1e-7, kl_last=1e-7, steps=8),
+        consolidation=None if skipped else ConsolidationSummary(kl_first=1e-7, kl_last=1e-7, steps=8),
+        consolidation_skipped="no knowledge: the round's extraction kept no item" if skipped else None,
     )
     run_dir = tmp_path / "run"
     with RunState.open(run_dir, SPEC) as state:
@@ -244,3 +302,6 @@ def test_a_round_whose_extraction_wrote_nothing_shows_no_knowledge_numbers(tmp_p
     markdown = render_report(run_dir).markdown.read_text()
     assert "| 1 | done | 32 | 25.0% | – (no knowledge) | 12.0 | 0 |" in markdown
     assert "## In-context learning during extraction" not in markdown
+    assert ("| 0 | skipped (no knowledge) |" in markdown) == skipped
+    record = json.loads((run_dir / "report.json").read_text())["rounds"][1]["eval"]
+    assert record["consolidation_skipped"] == empty.consolidation_skipped

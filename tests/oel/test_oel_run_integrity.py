@@ -165,6 +165,17 @@ def test_a_damaged_run_directory_is_refused_naming_the_file_and_nothing_is_chang
     }
 
 
+def test_a_round_that_skipped_its_deployment_is_whole_without_deployment_rows(tmp_path, tiny_model_dir):
+    """A round with nothing to consolidate (no knowledge) plays no deployment games: no rows to check."""
+    run_dir = tmp_path / "run"
+    _build_run(run_dir, tiny_model_dir, (2, DEPLOYMENT))
+    with RunState.open(run_dir, _spec(tiny_model_dir)) as state:
+        state.stage_dir_for_retry(2, DEPLOYMENT)
+        state.mark_done(2, DEPLOYMENT, {"skipped": "no knowledge: the round's extraction kept no item"})
+        check_finished_outputs(state)  # a deployment that played and lost its rows is refused (DAMAGES)
+        assert not (state.layout.deployment_dir(2) / "prompts.parquet").exists()
+
+
 def test_a_truncated_run_json_or_an_edited_recipe_is_refused_before_anything_is_written(
     tmp_path, tiny_model_dir
 ):

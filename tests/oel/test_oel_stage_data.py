@@ -23,6 +23,8 @@ from verl_oel.oel.stage_data import (
     consolidation_rows,
     deployment_rows,
     evaluation_rows,
+    online_rows,
+    ood_rows,
     played_episodes,
     stage_episodes,
 )
@@ -119,3 +121,64 @@ def test_the_games_a_stage_plays_are_read_from_the_rows_it_writes(tmp_path):
     one_row_per_all_streams = extraction_rows(streams, concurrent=False)
     assert played_episodes(one_row_per_all_streams) == extracted
     assert played_episodes(consolidation_rows(loop, 1, EPISODES, ["A"])) == []
+
+
+def test_ood_games_are_the_same_every_round_and_share_no_seed_with_the_held_out_games(tmp_path):
+    loop = OELConfig.from_mapping(
+        {
+            "rounds": 2,
+            "game": "hidden-rule",
+            "game_settings": {"family": "ship"},
+            "evaluation": {"games": 4},
+            "ood": {
+                "games": [
+                    {
+                        "name": "river",
+                        "game": "hidden-rule",
+                        "game_settings": {"family": "river"},
+                        "num_games": 3,
+                    },
+                    {"name": "lake", "game": "frozenlake", "num_games": 2, "seed": 5},
+                ]
+            },
+        }
+    )
+    river, lake = specs(ood_rows(loop, 0)), specs(ood_rows(loop, 1))
+    assert river == specs(ood_rows(loop, 0)) and len(river) == 3 and len(lake) == 2
+    assert all(s.settings == {"family": "river"} and s.knowledge == "" for s in river)
+    assert all(s.game == "frozenlake" for s in lake)
+    held_out = specs(evaluation_rows(loop))
+    sampling = [s.sampling_seed for s in held_out + river + lake]
+    assert len(set(sampling)) == len(sampling)
+    # Generated ahead with the evaluation stage's games (each round's and the base's), never the teacher's.
+    layout = RunLayout(tmp_path)
+    for round in (0, 2):
+        assert stage_episodes(loop, layout, round, EVALUATION) == held_out + river + lake
+    assert stage_episodes(loop, layout, 1, IN_CONTEXT) == held_out
+
+
+def test_online_rows_carry_the_real_opening_prompt_and_one_stream_each(tmp_path):
+    """The teacher's prompt is built from a row's prompt column: in the online mode it must be the prompt
+    the game agent loop opens the episode with (game rows elsewhere carry a placeholder)."""
+    from verl_oel.agent_loop.game_loop import opening_messages
+    from verl_oel.envs import make_game
+
+    loop = replace(LOOP, mode="online")
+    rows = online_rows(loop, 2, ["A", "B"])
+    assert len(rows) == loop.deployment.games == 3
+    played = specs(rows)
+    assert all(s.mode == "conversation" and s.knowledge == "" and s.max_turn_tokens == 16 for s in played)
+    # The replay mode's deployment games of the round, with consolidation's sampling seeds.
+    deployed = specs(deployment_rows(LOOP, 2, tmp_path))
+    assert [s.seed for s in played] == [s.seed for s in deployed]
+    assert not {s.sampling_seed for s in played} & {s.sampling_seed for s in deployed}
+    assert [s.sampling_seed for s in played] == [
+        r["extra_info"][SEED_KEY] for r in consolidation_rows(LOOP, 2, EPISODES, ["A", "B"])[:3]
+    ]
+    for row, spec in zip(rows, played, strict=True):
+        game = make_game(spec.game, **spec.settings)
+        game.reset(spec.seed)
+        assert row["prompt"] == opening_messages(game.instruction, game.turn_prompt(), "")
+        assert row["oel_knowledge"] == "AB"[row["extra_info"]["oel_stream"]]
+    assert online_rows(loop, 2, ["A", "B"]) == rows
+    assert stage_episodes(loop, RunLayout(tmp_path), 2, DEPLOYMENT) == played

@@ -30,11 +30,13 @@ TEACHER_TOPK_IDS = "oel_teacher_topk_ids"
 TEACHER_TOPK_LOGPROBS = "oel_teacher_topk_logprobs"
 TEACHER_SAMPLED_LOGPROBS = "oel_teacher_sampled_logprobs"
 TEACHER_ENTROPY = "oel_teacher_entropy"
+TEACHER_LOG_TAIL = "oel_teacher_log_tail"
 """Per-token batch fields written by the student and teacher passes, in the RESPONSE layout of verl's
 ``responses`` and ``response_mask`` (row i describes response token i): nothing is stored or sent for
 prompt or knowledge positions. Top-k ids are int32, log-probs and entropy float32. ``TOPK_IDS`` are the
 student's top-k (the teacher's log-probs are at them); ``TEACHER_TOPK_IDS`` the teacher's own, for a loss over
-the teacher's top-k (its log-probs are then at those)."""
+the teacher's top-k (its log-probs are then at those). ``TEACHER_LOG_TAIL`` (float32, one per token) is the
+log of the teacher's mass outside the student's top-k, for the tail-aware loss."""
 
 LOSS_METRICS = ("student_entropy", "student_topk_mass", "teacher_topk_mass")
 """The loss's own per-token by-products that the update logs (as ``oel/<name>``), where the loss has them."""
@@ -121,6 +123,7 @@ class ConsolidationActorLoss:
             teacher_topk_logprobs=_packed(data, TEACHER_TOPK_LOGPROBS, positions, total),
             sampled_ids=sampled_ids,
             teacher_sampled_logprobs=_packed(data, TEACHER_SAMPLED_LOGPROBS, positions, total),
+            teacher_log_tail=_packed(data, TEACHER_LOG_TAIL, positions, total),
         )
         per_token, by_products = self.loss_fn(batch, reduction="none", **self.config.loss_options())
         outputs = {"oel_loss": per_token}

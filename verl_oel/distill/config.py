@@ -39,6 +39,7 @@ OEL_LOOP_KEYS = frozenset(
         "mode",
         "teacher",
         "evaluation",
+        "ood",
         "run_dir",
         "game_generation_workers",
     }
@@ -124,6 +125,11 @@ class ConsolidationConfig:
     def uses_topk(self) -> bool:
         """Whether the student pass must pick top-k ids and the teacher score them."""
         return self.loss in TOPK_LOSSES
+
+    @property
+    def uses_teacher_tail(self) -> bool:
+        """Whether the teacher pass must also ship its log-mass outside the student's top-k."""
+        return self.loss == "topk_reverse_kl_tail"
 
     @property
     def uses_teacher_topk(self) -> bool:

@@ -23,6 +23,7 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -72,8 +73,11 @@ class DistillationBatch:
     separate worker, as log-probs at fixed ids, which is all that worker needs to send back:
     ``teacher_topk_logprobs`` at ``topk_ids`` (the student's top-k from its pre-update forward for
     ``topk_reverse_kl``, the teacher's own top-k for ``forward_kl(support="teacher_topk")``), and
-    ``teacher_sampled_logprobs`` at ``sampled_ids`` for ``k1``/``k3``. Teacher log-probs must be
-    full-vocabulary log-softmaxes of logits / ``temperature``, as ``teacher_logprobs_at`` returns them.
+    ``teacher_sampled_logprobs`` at ``sampled_ids`` for ``k1``/``k3``, and for ``topk_reverse_kl_tail``
+    ``teacher_log_tail``, the log of the teacher's mass OUTSIDE ``topk_ids`` (``teacher_log_tail_at``: it
+    cannot be recovered from the log-probs at the ids when they hold almost all the mass). Teacher
+    log-probs must be full-vocabulary log-softmaxes of logits / ``temperature``, as ``teacher_logprobs_at``
+    returns them.
     """
 
     student_logits: torch.Tensor
@@ -84,6 +88,7 @@ class DistillationBatch:
     teacher_topk_logprobs: torch.Tensor | None = None
     sampled_ids: torch.Tensor | None = None
     teacher_sampled_logprobs: torch.Tensor | None = None
+    teacher_log_tail: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.student_logits.dim() != 3:
@@ -98,6 +103,7 @@ class DistillationBatch:
             "teacher_topk_logprobs": 3,
             "sampled_ids": 2,
             "teacher_sampled_logprobs": 2,
+            "teacher_log_tail": 2,
         }
         for name, ndim in dims.items():
             value = getattr(self, name)
@@ -111,7 +117,11 @@ class DistillationBatch:
                 f"teacher_logits shape {tuple(self.teacher_logits.shape)} differs from student_logits "
                 f"{tuple(self.student_logits.shape)}"
             )
-        pairs = (("teacher_topk_logprobs", "topk_ids"), ("teacher_sampled_logprobs", "sampled_ids"))
+        pairs = (
+            ("teacher_topk_logprobs", "topk_ids"),
+            ("teacher_sampled_logprobs", "sampled_ids"),
+            ("teacher_log_tail", "topk_ids"),
+        )
         for logprobs, ids in pairs:
             if getattr(self, logprobs) is not None and getattr(self, ids) is None:
                 raise ValueError(f"{logprobs} given without the {ids} they were gathered at")
@@ -167,6 +177,32 @@ def teacher_logprobs_at(
     return log_probs.reshape(ids.shape)
 
 
+def teacher_log_tail_at(
+    teacher_logits: torch.Tensor,
+    ids: torch.Tensor,
+    temperature: float,
+    chunk_size: int = DEFAULT_CHUNK_TOKENS,
+) -> torch.Tensor:
+    """log of the mass softmax(teacher_logits / temperature) puts OUTSIDE ``ids`` ([...]; ids [..., k]),
+    what a teacher worker sends for ``topk_reverse_kl_tail`` besides its log-probs at the ids.
+
+    Computed as a log-sum-exp over the other tokens' log-probs, so it is accurate in log space however
+    small the tail is; log(1 − Σ exp(log-probs at the ids)) is not: in float32 each of those log-probs is
+    off by ~1e-7 of the logits' scale, so a tail below ~1e-6 (a confident teacher over a top-256) is
+    round-off. A tail of exactly 0 (the ids cover the vocabulary) is held at the dtype's smallest normal
+    number, so its log is finite.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    flat_logits = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    rows = torch.arange(flat_logits.shape[0], device=flat_logits.device)
+    with torch.no_grad():
+        log_tail = _gather_log_tail(
+            flat_logits, rows, ids.reshape(-1, ids.shape[-1]).long(), temperature, chunk_size
+        )
+    return log_tail.reshape(ids.shape[:-1])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Chunked kernels over the vocabulary. Rows are flattened positions; ``rows`` selects the response tokens.
 # ---------------------------------------------------------------------------------------------------------
@@ -200,6 +236,22 @@ def _gather_log_probs(
         log_probs_at_ids[start:stop] = log_probs.gather(-1, ids[start:stop])
         entropy[start:stop] = -(log_probs.exp() * log_probs).sum(-1)
     return log_probs_at_ids, entropy
+
+
+def _gather_log_tail(
+    flat_logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, temperature: float, chunk_size: int
+) -> torch.Tensor:
+    """log of the mass outside ``ids`` ([M]) of the selected rows: a log-sum-exp over the other tokens'
+    log-probs (accurate however small the tail), clamped to the log of the dtype's smallest normal."""
+    dtype = _compute_dtype(flat_logits.dtype)
+    log_tail = flat_logits.new_empty(rows.shape, dtype=dtype)
+    floor = math.log(torch.finfo(dtype).tiny)
+    for start in _chunk_starts(rows.numel(), chunk_size):
+        stop = start + chunk_size
+        log_probs = _chunk_log_probs(flat_logits, rows[start:stop], temperature)
+        outside = log_probs.scatter(-1, ids[start:stop], float("-inf"))
+        log_tail[start:stop] = torch.logsumexp(outside, dim=-1).clamp_min(floor)
+    return log_tail
 
 
 class _GatheredLogSoftmax(torch.autograd.Function):
@@ -293,6 +345,7 @@ class _SupportLogProbs(NamedTuple):
     teacher: torch.Tensor  # [M, k], constant
     student_entropy: torch.Tensor  # [M], full vocabulary
     teacher_entropy: torch.Tensor | None  # [M], full vocabulary; None when no teacher logits were given
+    ids: torch.Tensor  # [M, k] long, the support
 
 
 def _response_rows(response_mask: torch.Tensor) -> torch.Tensor:
@@ -376,14 +429,14 @@ def _log_probs_on_support(
     )
     if teacher_log_probs is not None:
         teacher = _select(teacher_log_probs.detach(), rows).to(student.dtype)
-        return _SupportLogProbs(student, teacher, student_entropy, None)
+        return _SupportLogProbs(student, teacher, student_entropy, None, ids_at_rows)
     if batch.teacher_logits is None:
         raise ValueError(f"{loss}: the batch has neither teacher_logits nor teacher log-probs at its ids")
     with torch.no_grad():
         teacher, teacher_entropy = _gather_log_probs(
             _flat_logits(batch.teacher_logits.detach()), rows, ids_at_rows, batch.temperature, chunk_size
         )
-    return _SupportLogProbs(student, teacher.to(student.dtype), student_entropy, teacher_entropy)
+    return _SupportLogProbs(student, teacher.to(student.dtype), student_entropy, teacher_entropy, ids_at_rows)
 
 
 def _on_student_topk(
@@ -491,13 +544,21 @@ def topk_reverse_kl(
     )
 
 
-def _log_tail_mass(log_probs_on_support: torch.Tensor) -> torch.Tensor:
-    """log(1 − Σ_S p) from log-probs on a support S ([M, k] → [M]), accurate when the mass is near 1
-    (``log(-expm1(logsumexp))``). A tail of exactly 0 (S is the whole vocabulary, or every other token
-    underflowed) is held at the dtype's smallest normal number, so its log is finite."""
-    on_support = torch.logsumexp(log_probs_on_support, dim=-1).clamp(max=0.0)
-    tiny = torch.finfo(log_probs_on_support.dtype).tiny
-    return torch.log((-torch.expm1(on_support)).clamp_min(tiny))
+def _teacher_log_tail(
+    batch: DistillationBatch, rows: torch.Tensor, ids: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """The teacher's log-mass outside the support at the response rows ([M]), from its logits or as the
+    teacher worker shipped it."""
+    if batch.teacher_logits is not None:
+        flat = _flat_logits(batch.teacher_logits.detach())
+        return _gather_log_tail(flat, rows, ids, batch.temperature, chunk_size)
+    if batch.teacher_log_tail is None:
+        raise ValueError(
+            "topk_reverse_kl_tail: the batch has neither teacher_logits nor teacher_log_tail (the "
+            "teacher's log-mass outside topk_ids, teacher_log_tail_at; its log-probs at the ids cannot "
+            "give it accurately)"
+        )
+    return _select(batch.teacher_log_tail.detach(), rows).to(_compute_dtype(batch.student_logits.dtype))
 
 
 @register_cd_loss("topk_reverse_kl_tail")
@@ -524,9 +585,14 @@ def topk_reverse_kl_tail(
     rows, on_support = _on_student_topk(batch, k, chunk_size, "topk_reverse_kl_tail")
     student, teacher = on_support.student, on_support.teacher
     with torch.no_grad():
+        # Both tails as log-sum-exps over the other tokens (``teacher_log_tail_at``), never as log(1 − M):
+        # the top-k holds almost all the mass of a confident model, and 1 − M would be round-off.
+        student_tail = _gather_log_tail(
+            _flat_logits(batch.student_logits.detach()), rows, on_support.ids, batch.temperature, chunk_size
+        )
         probs = student.exp()
-        log_tail_ratio = _log_tail_mass(student) - _log_tail_mass(teacher)
-        value = (probs * (student - teacher)).sum(-1) + _log_tail_mass(student).exp() * log_tail_ratio
+        log_tail_ratio = student_tail - _teacher_log_tail(batch, rows, on_support.ids, chunk_size)
+        value = (probs * (student - teacher)).sum(-1) + student_tail.exp() * log_tail_ratio
         grad = probs * (student - teacher - log_tail_ratio[:, None])
     per_token = value + (grad * (student - student.detach())).sum(-1)
     return _reduce(per_token, rows, batch, reduction), _topk_metrics(

@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicLayer
 
 from verl_oel.knowledge.injection import with_knowledge
 
-from .losses import teacher_logprobs_at, topk_support
+from .losses import teacher_log_tail_at, teacher_logprobs_at, topk_support
 from .suffix_attention import with_suffix_attention
 
 Messages = list[dict[str, Any]]
@@ -57,6 +57,7 @@ class ResponseScores(NamedTuple):
     # a loss over the teacher's top-k)
     topk_logprobs: torch.Tensor | None  # [R, k], log p at the given ids (the teacher pass), or at its own
     # top-k ids (``own_topk_logprobs``)
+    log_tail: torch.Tensor | None = None  # [R], log of the mass outside the given ids (``log_tail``)
 
 
 def _chunked_scores(
@@ -67,6 +68,7 @@ def _chunked_scores(
     ids: torch.Tensor | None,
     chunk_size: int,
     own_topk_logprobs: bool = False,
+    log_tail: bool = False,
 ) -> ResponseScores:
     """Scores of one sample's response rows ([R, V] raw logits), never more than [chunk, V] extra."""
     entropies, sampled_logprobs = [], []
@@ -79,7 +81,8 @@ def _chunked_scores(
     topk_logprobs = (
         teacher_logprobs_at(logits, at, temperature, chunk_size=chunk_size) if at is not None else None
     )
-    return ResponseScores(torch.cat(sampled_logprobs), torch.cat(entropies), topk_ids, topk_logprobs)
+    tail = teacher_log_tail_at(logits, ids, temperature, chunk_size=chunk_size) if log_tail else None
+    return ResponseScores(torch.cat(sampled_logprobs), torch.cat(entropies), topk_ids, topk_logprobs, tail)
 
 
 class _Plan(NamedTuple):
@@ -261,12 +264,14 @@ def score_responses(
     balance_calls: Callable[[int], int] | None = None,
     prefix_cache: PrefixCache | None = None,
     own_topk_logprobs: bool = False,
+    log_tail: bool = False,
 ) -> list[ResponseScores]:
     """Forward ``model`` on each full sequence (prompt + response) and score its response tokens.
 
     ``sequences[b]`` ends with ``response_ids[b]``. ``k`` asks for the model's own top-k ids (student),
     ``ids[b]`` ([R_b, k]) for its log-probs at given ids (teacher); ``k`` with ``own_topk_logprobs`` for
-    its own top-k ids and its log-probs there (a teacher whose top-k is the loss's support).
+    its own top-k ids and its log-probs there (a teacher whose top-k is the loss's support); ``log_tail``
+    with ``ids`` also for the log of its mass outside them (``teacher_log_tail_at``, the tail-aware loss).
 
     Rows with the same ``groups`` key (the teacher's knowledge stream) share their longest common token
     prefix: it runs once, and each micro-batch of the group runs only its rows' suffixes against its keys
@@ -287,6 +292,8 @@ def score_responses(
     """
     if own_topk_logprobs and (k is None or ids is not None):
         raise ValueError("own_topk_logprobs needs k (the model's own top-k) and no given ids")
+    if log_tail and ids is None:
+        raise ValueError("log_tail needs the ids whose outside mass it is")
     tokens = [seq.reshape(-1).long() for seq in sequences]
     responses = [resp.reshape(-1).long() for resp in response_ids]
     for index, (seq, response) in enumerate(zip(tokens, responses, strict=True)):
@@ -345,6 +352,7 @@ def score_responses(
                     given,
                     chunk_size,
                     own_topk_logprobs,
+                    log_tail,
                 )
             del logits, inputs
         del cache

@@ -32,6 +32,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
 from .actor_loss import (
     TEACHER_ENTROPY,
+    TEACHER_LOG_TAIL,
     TEACHER_SAMPLED_LOGPROBS,
     TEACHER_TOPK_IDS,
     TEACHER_TOPK_LOGPROBS,
@@ -54,6 +55,11 @@ DEFAULT_MICRO_BATCH = 8
 
 class TeacherPromptTooLongError(ValueError):
     """The knowledge made a teacher prompt longer than the recipe budgets for."""
+
+
+class TeacherPromptMismatchError(ValueError):
+    """A sample's ``prompt`` column is not the prompt its student read: the teacher, which reads that column
+    with the knowledge, would score the response after another prompt."""
 
 
 def _token_lists(nested: torch.Tensor) -> list[torch.Tensor]:
@@ -158,6 +164,9 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
 
         Fails, naming the key, when the knowledge needs more tokens than ``oel.max_knowledge_length``:
         the recipe's length checks rest on that budget, and a silently truncated teacher would be wrong.
+        Fails too when the raw prompt without the knowledge does not render to the student's prompt ids (an
+        agent loop that built its prompt from elsewhere, or chat-template settings that differ between
+        the rollout and this worker): the teacher would then read knowledge + another prompt.
         """
         field = self.consolidation.knowledge_field
         if field not in data.keys():
@@ -180,9 +189,17 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
         for index, (knowledge, raw_prompt, student_prompt) in enumerate(
             zip(knowledges, raw_prompts, student_prompts, strict=True)
         ):
+            messages = _as_messages(raw_prompt)
+            if knowledge and tokenize_chat(messages) != student_prompt.tolist():
+                raise TeacherPromptMismatchError(
+                    f"sample {index}: its prompt column (raw_prompt), rendered with the chat template and "
+                    "data.apply_chat_template_kwargs, is not the prompt the student read "
+                    f"({student_prompt.numel()} tokens): the teacher would read the knowledge with another "
+                    "prompt. The rows' prompt must be the one their agent loop sends"
+                )
             ids = build_teacher_prompt_ids(
                 tokenize_chat,
-                _as_messages(raw_prompt),
+                messages,
                 knowledge or "",
                 self.consolidation.knowledge_template,
                 student_prompt.tolist(),
@@ -203,7 +220,8 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
 
         Returns, in the response layout, the teacher's log-probs at the student's top-k ids (top-k
         losses) or at its own top-k ids, with those ids (a loss over the teacher's top-k: ``forward_kl``),
-        and at the sampled tokens, and its full-vocabulary entropy, all at the rollout temperature.
+        its log-mass outside the student's top-k (``topk_reverse_kl_tail``), and at the sampled tokens, and
+        its full-vocabulary entropy, all at the rollout temperature.
         Every response position is scored (environment tokens of multi-turn data too); the
         loss keeps the model's own tokens.
         """
@@ -222,9 +240,10 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
             if self.consolidation.uses_teacher_topk
             else {}
         )
+        tail = {"log_tail": True} if self.consolidation.uses_teacher_tail else {}
         prefix_cache = self.teacher_prefixes if self.consolidation.teacher_prefix_cache_mib else None
         scores = self._score(
-            self.ref, sequences, responses, ids=ids, groups=streams, prefix_cache=prefix_cache, **own
+            self.ref, sequences, responses, ids=ids, groups=streams, prefix_cache=prefix_cache, **own, **tail
         )
         fields = {
             TEACHER_SAMPLED_LOGPROBS: to_response_layout([s.sampled_logprobs for s in scores]),
@@ -234,6 +253,8 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
             fields[TEACHER_TOPK_LOGPROBS] = to_response_layout([s.topk_logprobs for s in scores])
         if own:
             fields[TEACHER_TOPK_IDS] = to_response_layout([s.topk_ids for s in scores], torch.int32)
+        if tail:
+            fields[TEACHER_LOG_TAIL] = to_response_layout([s.log_tail for s in scores])
         return tu.get_tensordict(fields)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)

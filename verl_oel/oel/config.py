@@ -28,11 +28,9 @@ TEACHERS = ("frozen", "moving")
 student, refreshed before every consolidation step (an ablation: the teacher drifts with the student)."""
 
 MODES = ("replay", "online")
-"""``replay``: the student answers the saved deployment prompts (the paper's OEL); ``online``: the
-student plays the environment during consolidation (OPCD's variant)."""
-
-IMPLEMENTED_MODES = ("replay",)
-"""The modes the trainer runs; ``online`` is refused when the recipe is checked, naming ``oel.mode``."""
+"""``replay``: the student answers the saved deployment prompts, one turn each (the paper's OEL);
+``online``: the student plays the round's fresh games during consolidation, each whole episode one sample
+(OPCD's variant; ``stage_data.online_games``), and the teacher scores every model token of every turn."""
 
 EXTRACTION_FROM_LOOP = ("game", "settings", "base_seed")
 """``ExtractionConfig`` fields set from the loop's top-level keys (``oel.game``, ``oel.game_settings``,
@@ -63,6 +61,27 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class OODGames:
+    """One entry of ``oel.ood.games``: games of another family (or another game) that the loop never
+    trains on, played by every round's model without knowledge, next to the base model's result: what
+    consolidation costs outside the trained game."""
+
+    name: str
+    game: str
+    game_settings: dict[str, Any] = field(default_factory=dict)
+    num_games: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OODConfig:
+    """``oel.ood``: out-of-domain retention, measured in every round's evaluation stage (round 0's: the
+    base model's)."""
+
+    games: tuple[OODGames, ...] = ()
+
+
+@dataclass(frozen=True)
 class OELConfig:
     """All rounds of one OEL run (docs/method.md, "The loop"); see the module docstring for the section."""
 
@@ -76,6 +95,7 @@ class OELConfig:
     mode: str = "replay"
     teacher: str = "frozen"
     evaluation: EvaluationConfig = EvaluationConfig()
+    ood: OODConfig = OODConfig()
     # Where the run lives; None: the recipe's trainer.default_local_dir.
     run_dir: str | None = None
     # Processes that generate the games of a family that builds them on first play (TextWorld) ahead of
@@ -121,11 +141,6 @@ class OELConfig:
         mode = section.get("mode", cls.mode)
         if mode not in MODES:
             problems.append(f"oel.mode={mode!r}; expected one of {list(MODES)}")
-        elif mode not in IMPLEMENTED_MODES:
-            problems.append(
-                f"oel.mode={mode} (the student plays the environment during consolidation) is not "
-                "implemented yet; use oel.mode=replay, the paper's OEL"
-            )
         workers = section.get("game_generation_workers")
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
             problems.append(
@@ -144,6 +159,7 @@ class OELConfig:
             problems += _positive(vars(deployment), ("games", "max_turn_tokens"), "oel.deployment.")
         if evaluation is not None:
             problems += _positive(vars(evaluation), ("games",), "oel.evaluation.")
+        ood = _ood_section(section.get("ood"), problems)
         extraction_section = dict(section.get("extraction") or {})
         problems += _unknown_keys(
             extraction_section,
@@ -174,6 +190,7 @@ class OELConfig:
             mode=mode,
             teacher=section.get("teacher", cls.teacher),
             evaluation=evaluation,
+            ood=ood,
             run_dir=section.get("run_dir"),
             game_generation_workers=workers,
         )
@@ -229,14 +246,48 @@ def _subsection(section: Mapping[str, Any], name: str, kind: type, problems: lis
     return kind(**values)
 
 
-def _check_game(game: str, settings: dict[str, Any]) -> list[str]:
+def _ood_section(value: Any, problems: list[str]) -> OODConfig:
+    """``oel.ood``; each problem is added to ``problems`` naming its key (``oel.ood.games[1].num_games``)."""
+    section = dict(value or {})
+    problems += _unknown_keys(section, {f.name for f in fields(OODConfig)}, "oel.ood.")
+    entries = section.get("games") or []
+    if not isinstance(entries, list | tuple):
+        problems.append(f"oel.ood.games={entries!r} must be a list of {{name, game, game_settings, ...}}")
+        return OODConfig()
+    games, names = [], set()
+    known = {f.name for f in fields(OODGames)}
+    for index, entry in enumerate(entries):
+        prefix = f"oel.ood.games[{index}]."
+        if not isinstance(entry, Mapping):
+            problems.append(f"oel.ood.games[{index}]={entry!r} must be a mapping with keys {sorted(known)}")
+            continue
+        entry = dict(entry)
+        found = _unknown_keys(entry, known, prefix)
+        found += [f"{prefix}{key} is required" for key in ("name", "game") if key not in entry]
+        found += _positive(entry, ("num_games",), prefix)
+        seed = entry.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            found.append(f"{prefix}seed={seed!r} must be an integer")
+        if "name" in entry and entry["name"] in names:
+            found.append(f"{prefix}name={entry['name']!r} is an earlier entry's; names label the report")
+        if not found:
+            settings = dict(entry.get("game_settings") or {})
+            found += _check_game(str(entry["game"]), settings, prefix)
+        problems += found
+        if not found:
+            names.add(entry["name"])
+            games.append(OODGames(**{**entry, "name": str(entry["name"]), "game_settings": settings}))
+    return OODConfig(games=tuple(games))
+
+
+def _check_game(game: str, settings: dict[str, Any], prefix: str = "oel.") -> list[str]:
     """The game and its settings, checked by building one game (cheap, and no worker has started)."""
     from verl_oel.envs import list_games, make_game
 
     if game not in list_games():
-        return [f"oel.game={game!r}: unknown game; known games: {', '.join(list_games())}"]
+        return [f"{prefix}game={game!r}: unknown game; known games: {', '.join(list_games())}"]
     try:
         make_game(game, **settings).close()
     except (TypeError, ValueError) as error:
-        return [f"oel.game_settings: {error}"]
+        return [f"{prefix}game_settings: {error}"]
     return []

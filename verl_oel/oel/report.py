@@ -23,7 +23,7 @@ from typing import Any
 
 from verl_oel.atomic_io import write_bytes_atomic, write_text_atomic
 from verl_oel.oel.knowledge_report import KnowledgeNotReadyError, render_knowledge_markdown, round_knowledge
-from verl_oel.oel.round_eval import EvalFormatError, load_round_eval
+from verl_oel.oel.round_eval import OOD_RATES, EvalFormatError, load_round_eval
 from verl_oel.oel.run_state import (
     FORMAT_VERSION,
     STAGES,
@@ -196,7 +196,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if record is None:
             cells = [label, _status(entry)] + ["–"] * (len(header) - 2)
         else:
-            kl = record["consolidation"]
             with_knowledge = _percent(record["pass_rate_with_knowledge"])
             if _wrote_no_knowledge(record):  # the teacher's prompt held no item: not "with knowledge"
                 with_knowledge = "– (no knowledge)"
@@ -208,7 +207,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 with_knowledge,
                 _number(record["tokens_per_turn"]),
                 "–" if record["knowledge_items"] is None else str(record["knowledge_items"]),
-                "–" if kl is None else f"{kl['kl_first']:.3g} → {kl['kl_last']:.3g} ({kl['steps']})",
+                _consolidation_cell(record),
             ] + ([_percent(record["ifeval_prompt_strict"])] if show_ifeval else [])
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -216,7 +215,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "Pass rate without knowledge and tokens/turn are the round's own model (round 0: the base). "
         "With knowledge in context is the round's teacher: the previous round's model with one stream "
         "of this round's knowledge in its prompt, measured before consolidation (stage in_context) on the "
-        "same held-out games; a round whose extraction wrote no item has none to show.",
+        "same held-out games; a round whose extraction wrote no item has none to show, and does not "
+        "train (its model is the previous round's).",
         "",
     ]
     problems = [entry for entry in rounds if entry["problem"]]
@@ -234,6 +234,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             )
             lines.append(f"- round {record['round']}: {points}")
         lines.append("")
+    lines += _ood_markdown(evals)
     timed = [entry for entry in rounds if any("seconds" in s for s in entry["stages"].values())]
     if timed:
         stage_names = [name for name in STAGES if any(name in entry["stages"] for entry in timed)]
@@ -252,20 +253,87 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _ood_markdown(evals: list[Mapping[str, Any]]) -> list[str]:
+    """Each OOD entry's pass and valid-action rates by round, with the change from the base model's."""
+    names = list(dict.fromkeys(result["name"] for record in evals for result in record["ood"]))
+    if not names:
+        return []
+    base = {result["name"]: result for record in evals if record["round"] == 0 for result in record["ood"]}
+    header = ["round"] + [f"{name} {rate}" for name in names for rate in ("pass", "valid actions")]
+    lines = [
+        "## Out-of-domain retention (no knowledge)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for record in evals:
+        results = {result["name"]: result for result in record["ood"]}
+        cells = ["0 (base)" if record["round"] == 0 else str(record["round"])]
+        for name in names:
+            for key in OOD_RATES:
+                value = results[name][key] if name in results else None
+                cell = _percent(value)
+                if value is not None and record["round"] > 0 and name in base:
+                    cell += f" ({100 * (value - base[name][key]):+.1f})"
+                cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Games the run never trains on (`oel.ood.games`), played by each round's model without knowledge "
+        "(the same games every round); in brackets the change from the base model's, in points. Valid "
+        "actions: the fraction of the games' turns whose reply was a legal action.",
+        "",
+    ]
+    return lines
+
+
+def _consolidation_cell(record: Mapping[str, Any]) -> str:
+    kl = record["consolidation"]
+    if record["consolidation_skipped"]:
+        return f"skipped ({record['consolidation_skipped'].split(':')[0]})"
+    return "–" if kl is None else f"{kl['kl_first']:.3g} → {kl['kl_last']:.3g} ({kl['steps']})"
+
+
 def _wrote_no_knowledge(record: Mapping[str, Any]) -> bool:
     """A round whose streams hold no item: its "with knowledge" numbers are the teacher without any."""
     return record["round"] > 0 and record["knowledge_items"] == 0
 
 
+def _plot_ood(axis: Any, evals: list[Mapping[str, Any]]) -> None:
+    """Each OOD entry's pass rate (solid) and valid-action rate (dotted), one colour per entry."""
+    names = list(dict.fromkeys(result["name"] for record in evals for result in record["ood"]))
+    for colour, name in enumerate(names):
+        for key, style, marker, label in (
+            ("pass_rate", "-", "o", "pass"),
+            ("valid_action_rate", ":", "^", "valid actions"),
+        ):
+            points = {
+                record["round"]: 100.0 * result[key]
+                for record in evals
+                for result in record["ood"]
+                if result["name"] == name
+            }
+            axis.plot(
+                list(points),
+                list(points.values()),
+                linestyle=style,
+                marker=marker,
+                color=f"C{colour}",
+                label=f"{name}: {label}",
+            )
+
+
 def _figure_png(report: Mapping[str, Any]) -> bytes:
-    """Two panels: pass rates by round (without, and with knowledge in context) and tokens per turn."""
+    """Two panels: pass rates by round (without, and with knowledge in context) and tokens per turn; a
+    third with the out-of-domain games' pass and valid-action rates when the run measured them."""
     # A bare Figure renders with Agg and touches no pyplot global state (no display, no backend switch
     # in a process that uses another one). Imported here so the trainer imports run state without it.
     from matplotlib.figure import Figure
 
     evals = [entry["eval"] for entry in report["rounds"] if entry["eval"]]
-    figure = Figure(figsize=(11, 4.2), dpi=110)
-    rates, tokens = figure.subplots(1, 2)
+    with_ood = any(record["ood"] for record in evals)
+    figure = Figure(figsize=(16 if with_ood else 11, 4.2), dpi=110)
+    rates, tokens, *ood_axis = figure.subplots(1, 3 if with_ood else 2)
     figure.suptitle(f"OEL run: {Path(report['run_dir']).name}")
     no_knowledge = ("no knowledge (round's model)", "-", "o")
     with_knowledge = ("knowledge in context (round's teacher)", "--", "s")
@@ -314,10 +382,14 @@ def _figure_png(report: Mapping[str, Any]) -> bytes:
         for entry in report["rounds"]
         if entry["status"] != "done" or entry["problem"]
     }
-    for axis, ylabel, title in (
+    titled = [
         (rates, "pass rate (%)", "Held-out pass rate"),
         (tokens, "response tokens per turn", "Response length"),
-    ):
+    ]
+    if with_ood:
+        _plot_ood(ood_axis[0], evals)
+        titled.append((ood_axis[0], "% of games / of turns", "Out-of-domain, no knowledge"))
+    for axis, ylabel, title in titled:
         axis.set_title(title)
         axis.set_xlabel("round (0 = base model)")
         axis.set_ylabel(ylabel)

@@ -17,8 +17,15 @@
         {"games": 64, "pass_rate": 0.18}
       ],
       "consolidation": {"kl_first": 0.41, "kl_last": 0.11, "steps": 50},  # or null (not trained)
-      "ifeval_prompt_strict": 0.667            # or null: IF-Eval prompt-level strict, non-thinking
+      "consolidation_skipped": null,           # or why the round did not train (pi_r = pi_{r-1}), e.g.
+                                               # "no knowledge: the round's extraction kept no item"
+      "ifeval_prompt_strict": 0.667,           # or null: IF-Eval prompt-level strict, non-thinking
+      "ood": [                                 # oel.ood.games, played by pi_r without knowledge
+        {"name": "river", "num_games": 32, "pass_rate": 0.25, "valid_action_rate": 0.98}
+      ]
     }
+
+``valid_action_rate`` is the fraction of the games' turns whose reply was a legal action.
 
 With that reading, rounds 0 and 1 give the paper's three numbers: base (round 0), knowledge in
 context (round 1's teacher) and after consolidation (round 1's model).
@@ -54,6 +61,20 @@ class InContextPoint:
     pass_rate: float
 
 
+OOD_RATES = ("pass_rate", "valid_action_rate")
+"""The fractions an ``ood`` entry holds."""
+
+
+@dataclass(frozen=True)
+class OODResult:
+    """One ``oel.ood.games`` entry's games, played by the round's model without knowledge."""
+
+    name: str
+    num_games: int
+    pass_rate: float
+    valid_action_rate: float
+
+
 @dataclass(frozen=True)
 class RoundEval:
     """One round's evaluation; the module docstring gives the file format and what each field means."""
@@ -67,7 +88,9 @@ class RoundEval:
     knowledge_items: int | None = None
     in_context_curve: tuple[InContextPoint, ...] = ()
     consolidation: ConsolidationSummary | None = None
+    consolidation_skipped: str | None = None
     ifeval_prompt_strict: float | None = None
+    ood: tuple[OODResult, ...] = ()
 
     def __post_init__(self) -> None:
         rates = {
@@ -75,6 +98,7 @@ class RoundEval:
             "pass_rate_with_knowledge": self.pass_rate_with_knowledge,
             "ifeval_prompt_strict": self.ifeval_prompt_strict,
             **{f"in_context_curve[{i}].pass_rate": p.pass_rate for i, p in enumerate(self.in_context_curve)},
+            **{f"ood[{i}].{name}": getattr(r, name) for i, r in enumerate(self.ood) for name in OOD_RATES},
         }
         for name, value in rates.items():
             if value is not None and not 0.0 <= value <= 1.0:
@@ -83,6 +107,7 @@ class RoundEval:
     def to_json(self) -> dict[str, Any]:
         document = asdict(self)
         document["in_context_curve"] = [asdict(point) for point in self.in_context_curve]
+        document["ood"] = [asdict(result) for result in self.ood]
         return {"format_version": FORMAT_VERSION, **document}
 
     @classmethod
@@ -101,6 +126,10 @@ class RoundEval:
             fields_of.mapping(entry, f"in_context_curve[{i}].")
             for i, entry in enumerate(fields_of.get(mapping, "in_context_curve", list, []))
         ]
+        ood = [
+            fields_of.mapping(entry, f"ood[{i}].")
+            for i, entry in enumerate(fields_of.get(mapping, "ood", list, []))
+        ]
         consolidation = fields_of.get(mapping, "consolidation", dict, None)
         values = {
             name: fields_of.get(mapping, name, kind, *default)
@@ -112,6 +141,7 @@ class RoundEval:
                 ("pass_rate_with_knowledge", float, None),
                 ("tokens_per_turn_with_knowledge", float, None),
                 ("knowledge_items", int, None),
+                ("consolidation_skipped", str, None),
                 ("ifeval_prompt_strict", float, None),
             )
         }
@@ -121,6 +151,14 @@ class RoundEval:
                 pass_rate=fields_of.get(point, "pass_rate", float, where=f"in_context_curve[{i}]."),
             )
             for i, point in enumerate(curve)
+        )
+        values["ood"] = tuple(
+            OODResult(
+                name=fields_of.get(result, "name", str, where=f"ood[{i}]."),
+                num_games=fields_of.get(result, "num_games", int, where=f"ood[{i}]."),
+                **{name: fields_of.get(result, name, float, where=f"ood[{i}].") for name in OOD_RATES},
+            )
+            for i, result in enumerate(ood)
         )
         if consolidation is not None:
             values["consolidation"] = ConsolidationSummary(

@@ -60,7 +60,8 @@ def _outputs(
     if stage == EXTRACTION:  # the round's knowledge: read by its later stages and by people
         root = layout.knowledge_root(round)
         return [(stream_path(root, round, i), load_stream) for i in range(int(summary.get("streams", 0)))]
-    if stage == DEPLOYMENT and CONSOLIDATION not in markers:  # consolidation trains on these rows
+    if stage == DEPLOYMENT and CONSOLIDATION not in markers and "skipped" not in summary:
+        # consolidation trains on these rows (a round with nothing to consolidate played none)
         return [(layout.deployment_dir(round) / "prompts.parquet", _parquet_footer)]
     if stage == CONSOLIDATION and CHECKPOINT not in markers and "hf_model" in summary:
         # Until the round's checkpoint is published, consolidation's HF folder is the round's model: the

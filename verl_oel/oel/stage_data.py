@@ -57,24 +57,78 @@ def evaluation_rows(loop: OELConfig, knowledge: list[str] | None = None) -> list
     return rows
 
 
-def deployment_rows(loop: OELConfig, round: int, record_dir: Path) -> list[dict[str, Any]]:
-    """Fresh deployment games each round (their own seed block), played without knowledge in the per-turn
-    mode; the agent loop saves every episode's turn prompts under ``record_dir``."""
+def ood_rows(loop: OELConfig, index: int) -> list[dict[str, Any]]:
+    """Entry ``index`` of ``oel.ood.games``: its test-split games, without knowledge, with the same seeds
+    and sampling seeds every round (each entry its own block), so rounds differ only by the model."""
+    entry = loop.ood.games[index]
+    data_spec = GameDataSpec(
+        game=entry.game,
+        settings=entry.game_settings,
+        base_seed=entry.seed,
+        sizes={"test": entry.num_games},
+        mode="per_turn",
+        max_turn_tokens=loop.deployment.max_turn_tokens,
+    )
+    rows = game_rows(data_spec, "test")
+    return _seeded(rows, lambda row: stage_sampling_seed(loop.seed, "ood", index, row))
+
+
+def _fresh_games(loop: OELConfig, round: int, mode: str) -> list[dict[str, Any]]:
+    """The round's ``oel.deployment.games`` fresh games (each round its own block of the ``deploy``
+    split's seeds), without knowledge, played in ``mode``."""
     games = loop.deployment.games
     data_spec = GameDataSpec(
         game=loop.game,
         settings=loop.game_settings,
         base_seed=loop.seed,
         sizes={"deploy": games * round},
-        mode="per_turn",
+        mode=mode,
         max_turn_tokens=loop.deployment.max_turn_tokens,
     )
-    rows = game_rows(data_spec, "deploy")[games * (round - 1) :]
+    return game_rows(data_spec, "deploy")[games * (round - 1) :]
+
+
+def deployment_rows(loop: OELConfig, round: int, record_dir: Path) -> list[dict[str, Any]]:
+    """Fresh deployment games each round, played without knowledge in the per-turn mode; the agent loop
+    saves every episode's turn prompts under ``record_dir``."""
     return _seeded(
-        rows,
+        _fresh_games(loop, round, "per_turn"),
         lambda index: stage_sampling_seed(loop.seed, "deployment", round, index),
         record_dir=str(record_dir),
     )
+
+
+def online_games(loop: OELConfig, round: int) -> list[dict[str, Any]]:
+    """``oel.mode: online``: the round's ``oel.deployment.games`` fresh games, which its consolidation plays
+    (each step ``data.train_batch_size`` rows, in order, starting over when the steps need more rows, as
+    the replay mode does with its saved prompts), in the conversation mode (one sample is the whole
+    episode: the model's turns with mask 1, the game's replies with mask 0), without knowledge, each row
+    with its own sampling seed. Their game seeds are the replay mode's deployment games."""
+    rows = _fresh_games(loop, round, "conversation")
+    return _seeded(rows, lambda index: stage_sampling_seed(loop.seed, "consolidation", round, index))
+
+
+def online_rows(loop: OELConfig, round: int, knowledge: list[str]) -> list[dict[str, Any]]:
+    """``online_games`` as consolidation's training rows: each row's ``prompt`` is the episode's real
+    opening prompt (the one the agent loop builds; the teacher's prompt is built from it) and its
+    ``oel_knowledge`` the stream the teacher reads, picked per row as in the replay mode."""
+    from verl_oel.agent_loop.game_loop import opening_messages
+    from verl_oel.envs import make_game
+
+    rng = consolidation_stream_rng(loop.seed, round)
+    rows = online_games(loop, round)
+    for row in rows:
+        spec = EpisodeSpec.from_row(row)
+        game = make_game(spec.game, **spec.settings)
+        try:
+            game.reset(spec.seed)
+            row["prompt"] = opening_messages(game.instruction, game.turn_prompt(), spec.knowledge)
+        finally:
+            game.close()
+        stream = rng.randrange(len(knowledge))
+        row["extra_info"]["oel_stream"] = stream
+        row["oel_knowledge"] = knowledge[stream]
+    return rows
 
 
 def consolidation_rows(
@@ -127,11 +181,15 @@ def stage_episodes(loop: OELConfig, layout: RunLayout, round: int, stage: str) -
     generated before the stage starts (``verl_oel.envs.game_generation``). Knowledge changes no game, so
     the held-out rows are built without it; stages that play no game (teacher refresh, consolidation,
     checkpoint) give none."""
-    if stage in (EVALUATION, IN_CONTEXT):
+    if stage == IN_CONTEXT:
         rows = evaluation_rows(loop)
+    elif stage == EVALUATION:
+        rows = evaluation_rows(loop) + [row for i in range(len(loop.ood.games)) for row in ood_rows(loop, i)]
     elif stage == EXTRACTION:
         specs = stream_specs(loop.extraction, round, layout.knowledge_root(round))
         rows = extraction_rows(specs, loop.extraction.concurrent)
+    elif stage == DEPLOYMENT and loop.mode == "online":  # written by deployment, played by consolidation
+        rows = online_games(loop, round)
     elif stage == DEPLOYMENT:
         rows = deployment_rows(loop, round, layout.deployment_dir(round) / "episodes")
     else:

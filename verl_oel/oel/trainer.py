@@ -9,8 +9,10 @@ uses the pieces verl already started once:
 - extraction, deployment and evaluation are verl's validation pass (``_validate``) over rows this module
   writes: the same agent loops, vLLM server, reward function and ``val_kwargs`` sampling as training;
   the agent loops write knowledge streams and deployment episodes to the run directory;
-- consolidation is verl's training step on the round's replayed deployment prompts, with the frozen
-  teacher (verl's ref, refreshed from the actor at the round's start) reading them with the knowledge;
+- consolidation is verl's training step on the round's replayed deployment prompts (in the online mode,
+  on the round's fresh games, which the student plays there), with the frozen teacher (verl's ref,
+  refreshed from the actor at the round's start) reading them with the knowledge; a round whose
+  extraction kept no knowledge skips it and keeps its model (``_nothing_to_consolidate``);
 - the checkpoint is verl's own HF save of the actor, published into the run directory.
 
 Stage markers (``RunState``) make a killed run resumable: the launcher restarts verl from the newest
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -52,7 +55,14 @@ from verl_oel.evaluation import validation_metric
 from verl_oel.knowledge import load_stream, stream_path
 from verl_oel.oel.config import TRAINER_MODE, OELConfig
 from verl_oel.oel.extraction_stage import collect_extraction, extraction_rows, stream_specs
-from verl_oel.oel.round_eval import ConsolidationSummary, InContextPoint, RoundEval, save_round_eval
+from verl_oel.oel.round_eval import (
+    OOD_RATES,
+    ConsolidationSummary,
+    InContextPoint,
+    OODResult,
+    RoundEval,
+    save_round_eval,
+)
 from verl_oel.oel.run_state import (
     CHECKPOINT,
     CONSOLIDATION,
@@ -63,7 +73,13 @@ from verl_oel.oel.run_state import (
     TEACHER_REFRESH,
     RunState,
 )
-from verl_oel.oel.stage_data import consolidation_rows, deployment_rows, evaluation_rows
+from verl_oel.oel.stage_data import (
+    consolidation_rows,
+    deployment_rows,
+    evaluation_rows,
+    online_rows,
+    ood_rows,
+)
 from verl_oel.oel.stage_games import StageGames
 
 
@@ -166,14 +182,7 @@ class OELTrainer(ConsolidationTrainer):
     def _play(self, rows: list[dict[str, Any]], path: Path) -> dict[str, float]:
         """Play ``rows`` once through verl's validation pass; returns verl's validation metrics."""
         write_parquet_atomic(rows, path)
-        dataset = create_rl_dataset(
-            [str(path)], self.config.data, self.tokenizer, self.processor, is_train=False
-        )
-        if len(dataset) != len(rows):
-            raise RuntimeError(
-                f"{path}: verl kept {len(dataset)} of {len(rows)} rows (prompts longer than "
-                f"data.max_prompt_length={self.config.data.max_prompt_length} are dropped): raise it"
-            )
+        dataset = self._dataset(path, is_train=False)
         self.val_dataset = dataset
         self.val_dataloader = StatefulDataLoader(
             dataset=dataset,
@@ -185,11 +194,21 @@ class OELTrainer(ConsolidationTrainer):
         )
         return self._validate()
 
+    def _dataset(self, path: Path, is_train: bool) -> Any:
+        """verl's dataset of the rows in ``path``, all of them: verl drops a row whose prompt is longer than
+        ``data.max_prompt_length``, which would silently change what a stage plays or trains on."""
+        dataset = create_rl_dataset([str(path)], self.config.data, self.tokenizer, self.processor, is_train)
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if len(dataset) != rows:
+            raise RuntimeError(
+                f"{path}: verl kept {len(dataset)} of {rows} rows (prompts longer than "
+                f"data.max_prompt_length={self.config.data.max_prompt_length} are dropped): raise it"
+            )
+        return dataset
+
     def _use_train_rows(self, path: Path) -> None:
         """Make ``path`` verl's training data, read from its first row in order."""
-        self.train_dataset = create_rl_dataset(
-            [str(path)], self.config.data, self.tokenizer, self.processor, is_train=True
-        )
+        self.train_dataset = self._dataset(path, is_train=True)
         self.train_dataloader = StatefulDataLoader(
             dataset=self.train_dataset,
             batch_size=1,
@@ -199,6 +218,16 @@ class OELTrainer(ConsolidationTrainer):
             sampler=create_rl_sampler(self.config.data, self.train_dataset),
         )
         self.train_dataloader_it = None
+
+    def _nothing_to_consolidate(self, round: int) -> str | None:
+        """Why round ``round`` keeps pi_{r-1} unchanged, or None. A round whose streams hold no item gives
+        the teacher the student's own prompt: consolidation would train on float round-off (and a moving
+        teacher on its own drift, which wrecked the ablation's round 2), and an in-context evaluation would
+        be the no-knowledge one again. Such a round skips its in_context, deployment and training; its
+        checkpoint is still published (pi_r = pi_{r-1}), so the next round starts as usual."""
+        if sum(self.state.summary(round, EXTRACTION)["items"]) == 0:
+            return "no knowledge: the round's extraction kept no item"
+        return None
 
     def _round_knowledge(self, round: int) -> list[str]:
         """The round's knowledge as the teacher reads it: each stream's cut-point snapshot, rendered."""
@@ -223,16 +252,45 @@ class OELTrainer(ConsolidationTrainer):
             "model_fingerprint": self.actor_rollout_wg.actor_fingerprint()[0],
         }
 
+    def _evaluate_ood(self, round: int) -> tuple[OODResult, ...]:
+        """Every ``oel.ood.games`` entry, played by the model the rollout server holds now, no knowledge."""
+        results = []
+        for index, entry in enumerate(self.loop.ood.games):
+            path = self.state.layout.stage_dir(round, EVALUATION) / f"ood_{index}.parquet"
+            metrics = self._play(ood_rows(self.loop, index), path)
+            source = f"verl_oel/{entry.game}"
+            turns = validation_metric(metrics, source, "turns")
+            invalid = validation_metric(metrics, source, "invalid_actions")
+            results.append(
+                OODResult(
+                    name=entry.name,
+                    num_games=entry.num_games,
+                    pass_rate=validation_metric(metrics, source, "pass"),
+                    # Per turn, over all the games' turns (both are means over the same games).
+                    valid_action_rate=1.0 - invalid / turns,
+                )
+            )
+        return tuple(results)
+
+    @staticmethod
+    def _ood_metrics(results: tuple[OODResult, ...]) -> dict[str, float]:
+        """The OOD results as stage-summary numbers (logged through verl's tracking as oel/evaluation/...)."""
+        return {
+            f"ood/{result.name}/{name}": getattr(result, name) for result in results for name in OOD_RATES
+        }
+
     def _evaluate_base(self, round: int) -> dict[str, Any]:
         result = self._evaluate(round, None)
+        ood = self._evaluate_ood(round)
         record = RoundEval(
             round=0,
             num_games=self.loop.evaluation.games,
             pass_rate_no_knowledge=result["pass_rate"],
             tokens_per_turn=result["tokens_per_turn"],
+            ood=ood,
         )
         save_round_eval(self.state.layout, record)
-        return result
+        return result | self._ood_metrics(ood)
 
     def _teacher_refresh(self, round: int) -> dict[str, Any]:
         """The frozen teacher of round r is pi_{r-1}: the actor as the round starts (after a resume, the
@@ -264,12 +322,21 @@ class OELTrainer(ConsolidationTrainer):
         """The round's teacher, pi_{r-1}, on the held-out games with the round's knowledge in its prompt:
         the paper's "knowledge in context" number. It runs before consolidation, while the rollout server
         still holds pi_{r-1} (also after a resume: the launcher starts an unconsolidated round from it)."""
+        if reason := self._nothing_to_consolidate(round):
+            return {"skipped": reason, "model": self.state.previous_model(round)}
         result = self._evaluate(round, self._round_knowledge(round), stage=IN_CONTEXT)
         return {**result, "model": self.state.previous_model(round)}
 
     def _deployment(self, round: int) -> dict[str, Any]:
-        """Fresh games without knowledge; the agent loop saves each episode, then one row per turn prompt."""
+        """Fresh games without knowledge; the agent loop saves each episode, then one row per turn prompt.
+        In the online mode the games are not played here: their rows are written, consolidation plays them."""
+        if reason := self._nothing_to_consolidate(round):
+            return {"skipped": reason}
         out_dir = self.state.layout.deployment_dir(round)
+        if self.loop.mode == "online":
+            rows = online_rows(self.loop, round, self._round_knowledge(round))
+            write_parquet_atomic(rows, out_dir / "prompts.parquet")
+            return {"games": len(rows), "played_by": CONSOLIDATION}
         episodes_dir = out_dir / "episodes"
         rows = deployment_rows(self.loop, round, episodes_dir)
         self._play(rows, out_dir / "games.parquet")
@@ -291,10 +358,15 @@ class OELTrainer(ConsolidationTrainer):
         }
 
     def _consolidation(self, round: int) -> dict[str, Any]:
-        """``consolidation_steps`` of verl's training step from pi_{r-1} with a fresh optimizer; saves pi_r
-        as an HF folder (verl's checkpoint manager, ``save_contents: [hf_model]``)."""
+        """``consolidation_steps`` of verl's training step from pi_{r-1} with a fresh optimizer on the rows
+        the deployment stage wrote (replayed turn prompts, or the online mode's games); saves pi_r as an HF
+        folder (``_save_actor``). A round with nothing to consolidate saves pi_{r-1} unchanged as pi_r."""
         layout = self.state.layout
         out_dir = layout.stage_dir(round, CONSOLIDATION)
+        if reason := self._nothing_to_consolidate(round):
+            # No step: the actor still holds pi_{r-1}, saved as pi_r like a trained round's model.
+            write_text_atomic(layout.metrics_jsonl(round), "")
+            return {"hf_model": self._save_actor(out_dir), "steps": 0, "skipped": reason}
         steps = self.loop.consolidation_steps
         self._use_train_rows(layout.deployment_dir(round) / "prompts.parquet")
         self.actor_rollout_wg.reset_optimizer()
@@ -322,6 +394,13 @@ class OELTrainer(ConsolidationTrainer):
             emit_event("progress", round=round, stage=CONSOLIDATION, done=len(records), total=steps)
         lines = "".join(json.dumps(record, default=str) + "\n" for record in records)
         write_text_atomic(layout.metrics_jsonl(round), lines)
+        hf_model = self._save_actor(out_dir)
+        kl = [record["data"]["actor/oel/kl"] for record in records]
+        return {"hf_model": hf_model, "steps": len(kl), "kl_first": kl[0], "kl_last": kl[-1], "kl": kl}
+
+    def _save_actor(self, out_dir: Path) -> str:
+        """The actor as an HF folder under ``out_dir`` (verl's checkpoint manager, ``save_contents:
+        [hf_model]``), its config.json stating the saved dtype; returns the folder."""
         hf_model = out_dir / "actor" / "huggingface"
         self.actor_rollout_wg.save_checkpoint(
             str(out_dir / "actor"), None, self.global_steps, max_ckpt_to_keep=None
@@ -329,8 +408,7 @@ class OELTrainer(ConsolidationTrainer):
         if not (hf_model / "config.json").is_file() or not list(hf_model.glob("*.safetensors")):
             raise RuntimeError(f"consolidation saved no HF model in {hf_model}")
         align_config_dtype(hf_model)
-        kl = [record["data"]["actor/oel/kl"] for record in records]
-        return {"hf_model": str(hf_model), "steps": len(kl), "kl_first": kl[0], "kl_last": kl[-1], "kl": kl}
+        return str(hf_model)
 
     def _evaluation(self, round: int) -> dict[str, Any]:
         """pi_r on the held-out games without knowledge; the round's record joins it with the teacher's
@@ -339,9 +417,9 @@ class OELTrainer(ConsolidationTrainer):
         trained = self.state.is_done(round, CONSOLIDATION)
         consolidation = self.state.summary(round, CONSOLIDATION) if trained else None
         result = self._evaluate(round, None)
-        with_knowledge = (
-            self.state.summary(round, IN_CONTEXT) if self.loop.evaluation.with_knowledge else None
-        )
+        ood = self._evaluate_ood(round)
+        in_context = self.state.summary(round, IN_CONTEXT) if self.loop.evaluation.with_knowledge else None
+        with_knowledge = None if in_context is None or "skipped" in in_context else in_context
         curve = extraction["in_context_curve"]
         record = RoundEval(
             round=round,
@@ -357,11 +435,13 @@ class OELTrainer(ConsolidationTrainer):
                 kl_last=consolidation["kl_last"],
                 steps=consolidation["steps"],
             )
-            if consolidation
+            if consolidation and "skipped" not in consolidation
             else None,
+            consolidation_skipped=consolidation.get("skipped") if consolidation else None,
+            ood=ood,
         )
         save_round_eval(self.state.layout, record)
-        return result
+        return result | self._ood_metrics(ood)
 
     def _checkpoint(self, round: int) -> dict[str, Any]:
         return publish_checkpoint(self.state, round)
