@@ -1,7 +1,7 @@
 """OEL and its ablations on the CPU demo, over several seeds, in one table.
 
-Runs ``oel-cpu-demo`` (OEL) and its variants (OPCD's online mode, the forward KL as the loss, a moving
-teacher, raw trajectories instead of extracted knowledge, knowledge in context only) once per seed with
+Runs ``oel-cpu-demo`` (OEL) and its variants (the forward KL as the loss, a moving teacher, raw
+trajectories instead of extracted knowledge, knowledge in context only) once per seed with
 the warmed tiny model, then prints the held-out pass rate per round, without knowledge and with the
 round's knowledge in the teacher's prompt (pi_{r-1}, measured before consolidation), the
 reply's length without knowledge (tokens per turn: a one-word reply is 4, a reply that no longer ends
@@ -9,9 +9,11 @@ runs to the 8-token limit), the knowledge items the round's model wrote (summed 
 0 means the round has nothing to consolidate, and keeps the previous round's model), and out-of-domain
 retention: the round's model, without knowledge, on the recipe's ``oel.ood.games`` (the demo's: the
 other held-out families), pass rate and valid-action rate averaged over those entries; each as mean ±
-standard deviation over the seeds (per seed in brackets).
+standard deviation over the seeds (per seed in brackets). The online mode (``oel-cpu-demo-online``) is not
+a row: on this one-turn game it trains on exactly the replay mode's samples (the same games, the same
+opening prompts and sampling seeds), so its numbers are OEL's.
 
-    python examples/oel_cpu_ablations.py                   # 6 recipes x 3 seeds, about 65 min on 2 cores
+    python examples/oel_cpu_ablations.py                   # 5 recipes x 3 seeds, about 60 min on 2 cores
     python examples/oel_cpu_ablations.py --seeds 0 --recipes oel-cpu-demo
 
 Each run is ``verl-oel train`` in its own directory under ``--run-dir``: rerunning the script resumes
@@ -35,7 +37,6 @@ from verl_oel.oel.run_state import read_run_spec
 
 METHODS = {
     "oel-cpu-demo": "OEL",
-    "oel-cpu-demo-online": "OEL, online mode",
     "oel-cpu-demo-forward-kl": "forward KL (teacher's top-k)",
     "oel-cpu-demo-moving-teacher": "moving teacher",
     "oel-cpu-demo-raw-trajectories": "raw trajectories",
