@@ -22,8 +22,9 @@ streams and games). What a killed-and-resumed run reproduces, checked here:
   found it consolidated but not checkpointed is pi_1, not pi_0 again);
 - what each killed launch left in /dev/shm is gone once the run has been started again.
 
-The killed run's first attempt starts at the same moment as the reference, on the same machine, and is
-killed while the reference goes on: two runs whose starts overlap, each with its own Ray cluster and vLLM
+The killed run's first attempt starts first and the reference as soon as that attempt's Ray cluster is up,
+on the same machine; the attempt is killed while the reference goes on: two runs whose starts overlap (the
+reference's ``ray.init`` meets a live cluster it must not join), each with its own Ray cluster and vLLM
 engine, the reference finishing as if alone (every check of it here) and the killed one resuming.
 """
 
@@ -194,15 +195,21 @@ def kill_attempt(
 
 @pytest.fixture(scope="module")
 def overlapping_runs(tmp_path_factory, tiny_model_dir) -> tuple[Path, Killed]:
-    """The uninterrupted reference run, started at the same moment as the killed run's first attempt: two
+    """The uninterrupted reference run, started while the killed run's first attempt starts up: two
     runs on one machine, each with its own run directory, Ray cluster, vLLM engine and /dev/shm segments
     (README "Shared memory, and several runs on one machine"). The first attempt is killed at its kill
     point while the reference goes on; the reference must finish as if alone, the killed run must resume
     to its result (``test_a_run_killed_at_every_kind_of_stage_resumes_to_the_same_result``)."""
     root = tmp_path_factory.mktemp("oel")
     run_dir = root / "reference"
-    process = start_run(tiny_model_dir, run_dir, 0)
+    # The killed run starts first, the reference once the killed run's Ray cluster is up: the reference
+    # then starts its own cluster beside a live one (the case where a ray.init that joins whatever cluster
+    # it finds would join it), and it stays behind the killed run, so it is still running at the kill. (Both
+    # started at one moment, the run started second fell behind by 15-40 s, on this machine and on CI's;
+    # the reference, started first, then once finished before the kill: round 2 may be an empty round.)
     killed_run = start_run(tiny_model_dir, root / "killed", 0)
+    _wait_for_ray(killed_run, root / "killed")
+    process = start_run(tiny_model_dir, run_dir, 0)
     # What the run listens on, sampled from its own processes while it runs (its own session).
     watch = SocketWatch(process.pid, run_dir).start()
     try:
@@ -479,6 +486,17 @@ def test_extraction_writes_every_streams_knowledge_and_per_game_log(reference_ru
         assert seeds_by_stream[0] == seeds_by_stream[1]
         summary = read_stage_markers(layout, round)["extraction"]["summary"]
         assert summary["streams"] == 2 and len(summary["in_context_curve"]) == 2
+
+
+def _wait_for_ray(process: subprocess.Popen, run_dir: Path) -> None:
+    """Until the launch's verl log says its own Ray cluster started."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not any(
+        "Started a local Ray instance" in log.read_text() for log in (run_dir / "logs").glob("verl_*.log")
+    ):
+        assert process.poll() is None, f"the run ended (code {process.returncode}) before starting Ray"
+        assert time.monotonic() < deadline, "timed out waiting for the run's Ray cluster"
+        time.sleep(0.2)
 
 
 def _done(layout: RunLayout, round: int, stage: str) -> bool:
