@@ -323,6 +323,17 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "full-kl-teacher-read-at-the-students-positions",
+        "the full reverse KL reads the teacher's response-only logits at the student's packed positions",
+        "verl_oel/distill/losses.py",
+        "log_q = _chunk_log_probs(flat_teacher, teacher_rows[start:stop], temperature).to(dtype)",
+        "log_q = _chunk_log_probs(flat_teacher, rows[start:stop], temperature).to(dtype)",
+        (
+            "tests/distill/test_losses.py::"
+            "test_full_reverse_kl_from_the_teachers_response_rows_matches_bruteforce",
+        ),
+    ),
+    Mutation(
         "teacher-ships-no-log-probs-at-its-own-top-k",
         "the teacher pass of a loss over its own top-k ships its ids without its log-probs there",
         "verl_oel/distill/teacher.py",
@@ -468,12 +479,23 @@ MUTATIONS = [
         "ood-change-against-the-previous-round",
         "the report's OOD table shows each round's change from the previous round's instead of the base's",
         "verl_oel/oel/report.py",
-        '                    cell += f" ({100 * (value - base[name][key]):+.1f})"\n',
-        '                    cell += f" ({100 * (value - previous.get(name, base[name])[key]):+.1f})"\n'
-        "                previous = results\n",
+        '                cell += f" ({100 * (value - value_of(base)):+.1f})"\n',
+        '                cell += f" ({100 * (value - value_of(previous)):+.1f})"\n'
+        "            previous = record\n",
         (
             "tests/oel/test_oel_report.py::"
             "test_out_of_domain_games_are_tabled_against_the_base_and_drawn_in_a_third_panel",
+        ),
+    ),
+    Mutation(
+        "ifbench-checks-the-stripped-reply",
+        "IFBench's strict check reads the reply stripped of surrounding whitespace, not as it was written",
+        "verl_oel/ifbench.py",
+        "verdicts.append(bool(response.strip() and checker.check_following(response)))",
+        "verdicts.append(bool(response.strip() and checker.check_following(response.strip())))",
+        (
+            "tests/test_ifbench.py::test_known_replies_get_ifbench_strict_verdicts",
+            "tests/test_ifbench.py::test_every_checkable_prompt_gets_the_verdicts_of_ifbench_own_evaluation",
         ),
     ),
     Mutation(

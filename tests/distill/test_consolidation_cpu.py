@@ -106,6 +106,9 @@ LAUNCHES = {
     # The tail-aware top-k reverse KL with a top-k far smaller than the vocabulary (16 of 8192), so the tail
     # bucket (the mass outside the student's top-k) carries the loss's weight.
     "tail-aware top-16": ("tiny_model_dir", ["oel.loss=topk_reverse_kl_tail", "oel.k=16"]),
+    # The exact reverse KL over the vocabulary, its teacher run in the update (the teacher pass ships the
+    # teacher's prompt ids only): the one-rank launch's loss (top-k with k = the vocabulary) by another path.
+    "full reverse kl": ("tiny_model_dir", ["oel.loss=full_reverse_kl"]),
 }
 
 
@@ -182,7 +185,11 @@ def test_kl_to_the_knowledge_conditioned_teacher_falls(steps):
 
 
 # The other losses' launches: (bound on |KL| of the empty batch, floor of the first knowledge step's KL).
-LOSS_BOUNDS = {"forward kl": (1e-6, 1e-3), "tail-aware top-16": (1e-6, 1e-4)}
+LOSS_BOUNDS = {
+    "forward kl": (1e-6, 1e-3),
+    "tail-aware top-16": (1e-6, 1e-4),
+    "full reverse kl": (1e-6, 1e-3),
+}
 
 
 @pytest.mark.parametrize("name", list(LOSS_BOUNDS))
@@ -208,6 +215,22 @@ def test_each_other_loss_from_yaml_is_zero_without_knowledge_and_falls_with_it(l
     early, late = (kl[0] + kl[1]) / 2, (kl[-2] + kl[-1]) / 2
     assert late < 0.5 * early, kl
     assert all(value >= -1e-8 for value in kl), kl
+
+
+def test_the_full_reverse_kl_with_its_teacher_in_the_update_follows_the_exact_top_k_curve(launches):
+    """``oel.loss: full_reverse_kl`` runs the frozen teacher inside verl's update, micro-batch by
+    micro-batch, and takes the KL over the whole vocabulary; the one-rank launch takes ``topk_reverse_kl``
+    at k = 8192, the whole vocabulary, from the teacher pass's shipped log-probs: the same loss by two data
+    paths. Same rows and seeds, so the curves must agree up to float32 round-off compounded over the steps,
+    bounded like the two ranks' (below); a teacher run on the wrong rows, on the student's prompt or on
+    shifted positions would not give 0 on the empty batch nor follow the curve."""
+    full, topk = launches("full reverse kl").steps, launches("one rank").steps
+    for step in range(2, 2 + KNOWLEDGE_STEPS):
+        assert full[step]["actor/oel/kl"] == pytest.approx(topk[step]["actor/oel/kl"], rel=5e-3), step
+        # The teacher's entropy is the loss's by-product here, the teacher pass's there.
+        assert full[step]["actor/oel/teacher_entropy"] == pytest.approx(
+            topk[step]["actor/oel/teacher_entropy"], rel=5e-3
+        ), step
 
 
 def test_two_ranks_follow_the_one_rank_kl_curve_and_reach_the_same_weights(launches, tiny_model_dir):

@@ -152,6 +152,22 @@ def test_full_reverse_kl_matches_bruteforce(temperature):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_full_reverse_kl_from_the_teachers_response_rows_matches_bruteforce(temperature):
+    """What the update of ``oel.loss: full_reverse_kl`` gives the loss: the teacher's logits at the response
+    tokens only ([M, V], the mask's positions in order), never at prompt or masked positions."""
+    student, teacher, mask, tau, _ = make_case(seed=13, temperature=temperature)
+    response_rows = teacher[mask]
+
+    def ours(s):
+        batch = DistillationBatch(s, mask, tau, teacher_response_logits=response_rows)
+        return get_cd_loss("full_reverse_kl")(batch)[0]
+
+    assert_same(ours, lambda s: ref_full_kl(s, teacher, mask, tau), student)
+    with pytest.raises(ValueError, match="teacher_response_logits must be"):
+        DistillationBatch(student, mask, tau, teacher_response_logits=response_rows[1:])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_forward_kl_full_matches_bruteforce(temperature):
     student, teacher, mask, tau, _ = make_case(seed=4, temperature=temperature)
 

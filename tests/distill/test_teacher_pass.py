@@ -16,6 +16,7 @@ from verl.workers.utils.padding import response_from_nested
 from verl_oel.distill.actor_loss import (
     TEACHER_ENTROPY,
     TEACHER_LOG_TAIL,
+    TEACHER_PROMPT_IDS,
     TEACHER_SAMPLED_LOGPROBS,
     TEACHER_TOPK_IDS,
     TEACHER_TOPK_LOGPROBS,
@@ -31,6 +32,7 @@ from verl_oel.distill.teacher import (
     build_teacher_prompt_ids,
     common_prefix_length,
     micro_batches,
+    response_logits,
     score_responses,
     to_response_layout,
     to_sequence_layout,
@@ -534,6 +536,33 @@ def actor_loss_and_grad(loss_fn, data, student_logits):
     return loss, grad, metrics
 
 
+def direct_loss_and_grads(model, rows, per_token_loss):
+    """The token-mean over model tokens of ``per_token_loss(student, teacher)`` ([R] from [R, V] log-probs at
+    the rollout temperature) from one-sequence forwards, and its gradient in each sample's rows of the
+    packed student logits: (mean, [(first packed row, gradient)]). ``rows``: (student prompt ids, teacher
+    prompt ids, response ids, response mask) per sample, packed in that order."""
+    values, grads, offset = [], [], 0
+    for prompt, teacher_prompt, response, mask in rows:
+        teacher = direct_log_probs(model, teacher_prompt, response)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + response])).logits[0]
+        student_rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(response)].clone().requires_grad_()
+        student = torch.log_softmax(student_rows / TEMPERATURE, dim=-1)
+        per_token = per_token_loss(student, teacher)[torch.tensor(mask, dtype=torch.bool)]
+        values.append(per_token.detach())
+        (row_grad,) = torch.autograd.grad(per_token.sum(), student_rows)
+        grads.append((offset + len(prompt) - 1, row_grad))
+        offset += len(prompt) + len(response)
+    count = sum(v.numel() for v in values)
+    return torch.cat(values).mean(), [(start, row_grad / count) for start, row_grad in grads]
+
+
+def assert_packed_grads(grad, expected):
+    """The actor loss's gradient in the packed student logits equals ``direct_loss_and_grads``'."""
+    for start, row_grad in expected:
+        torch.testing.assert_close(grad[0, start : start + row_grad.shape[0]], row_grad, rtol=1e-4, atol=1e-7)
+
+
 def test_empty_knowledge_gives_zero_kl_and_zero_gradient_with_k_at_least_vocab(tokenizer, model):
     """k >= V makes the top-k reverse KL the exact one, which is 0 with a 0 gradient when teacher ==
     student. (With k < V the loss is 0 but its gradient is not: it pushes mass off the top-k.)"""
@@ -628,31 +657,89 @@ def test_forward_kl_over_the_teachers_top_k_through_the_actor_path_matches_the_d
         ConsolidationActorLoss(config, TEMPERATURE), data, student_logits
     )
 
-    values, grads, offset = [], [], 0
-    for msgs, prompt, response, mask in samples(tokenizer):
-        teacher = direct_log_probs(
-            model, chat_ids(tokenizer, with_knowledge(msgs, KNOWLEDGE, TEMPLATE)), response
-        )
+    def forward_kl_over_teacher_topk(student, teacher):
         ids = torch.topk(teacher, k, dim=-1).indices  # the teacher's own top-k
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([prompt + response])).logits[0]
-        rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(response)].clone().requires_grad_()
-        student = torch.log_softmax(rows / TEMPERATURE, dim=-1)
         q, p = teacher.gather(-1, ids), student.gather(-1, ids)
-        keep = torch.tensor(mask, dtype=torch.bool)
-        per_token = (q.exp() * (q - p)).sum(-1)[keep]
-        values.append(per_token.detach())
-        (row_grad,) = torch.autograd.grad(per_token.sum(), rows)
-        grads.append((offset + len(prompt) - 1, row_grad))
-        offset += len(prompt) + len(response)
-    count = sum(v.numel() for v in values)
-    expected = torch.cat(values).mean()
+        return (q.exp() * (q - p)).sum(-1)
+
+    rows = [
+        (prompt, chat_ids(tokenizer, with_knowledge(msgs, KNOWLEDGE, TEMPLATE)), response, mask)
+        for msgs, prompt, response, mask in samples(tokenizer)
+    ]
+    expected, grads = direct_loss_and_grads(model, rows, forward_kl_over_teacher_topk)
     assert expected.item() > 1e-4  # the knowledge changes the teacher (measured 8.7e-4 on the random model)
     assert actor_loss.item() == pytest.approx(expected.item(), rel=1e-4)
     assert metrics["oel/kl"] == pytest.approx(expected.item(), rel=1e-4)
-    for start, row_grad in grads:
-        got = grad[0, start : start + row_grad.shape[0]]
-        torch.testing.assert_close(got, row_grad / count, rtol=1e-4, atol=1e-7)
+    assert_packed_grads(grad, grads)
+
+
+@pytest.mark.parametrize("knowledge", [KNOWLEDGE, ""])
+def test_full_reverse_kl_runs_the_teacher_in_the_update_and_matches_the_direct_formula(
+    tokenizer, model, knowledge
+):
+    """``oel.loss: full_reverse_kl``: the teacher pass ships only the teacher's prompt ids; the update runs
+    the frozen teacher on them (``response_logits``, as the worker does with its ref model) and the loss
+    is the exact reverse KL over the vocabulary at model tokens, against one-sequence forwards, value and
+    gradient. Without knowledge (teacher input == student input) it is 0 with a 0 gradient."""
+    config = ConsolidationConfig.from_mapping({"loss": "full_reverse_kl"})
+    assert config.teacher_in_update and not config.uses_topk and not config.uses_teacher_topk
+    batch = samples(tokenizer)
+    prompts = [torch.tensor(p) for _, p, _, _ in batch]
+    responses = [torch.tensor(r) for _, _, r, _ in batch]
+    masks = [torch.tensor(m) for _, _, _, m in batch]
+    sequences = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
+    teacher_prompts = [
+        torch.tensor(build_teacher_prompt_ids(lambda m: chat_ids(tokenizer, m), msgs, knowledge, TEMPLATE, p))
+        for msgs, p, _, _ in batch
+    ]
+    nested = lambda tensors: torch.nested.as_nested_tensor(tensors, layout=torch.jagged)  # noqa: E731
+    data = TensorDict(
+        {
+            "prompts": nested(prompts),
+            "responses": nested(responses),
+            "response_mask": nested(masks),
+            "input_ids": nested(sequences),
+            TEACHER_PROMPT_IDS: nested([p.to(torch.int32) for p in teacher_prompts]),
+        },
+        batch_size=[len(batch)],
+    )
+    tu.assign_non_tensor(
+        data, dp_size=1, batch_num_tokens=int(sum(m.sum() for m in masks)), global_batch_size=len(batch)
+    )
+    calls = []
+
+    def teacher_logits(micro_batch):
+        calls.append(micro_batch)
+        rows = [
+            torch.cat([p.long(), r.long()])
+            for p, r in zip(
+                micro_batch[TEACHER_PROMPT_IDS].unbind(), micro_batch["responses"].unbind(), strict=True
+            )
+        ]
+        return response_logits(model, rows, list(micro_batch["responses"].unbind()), groups=[0] * len(rows))
+
+    with pytest.raises(ValueError, match="pass teacher_logits"):
+        ConsolidationActorLoss(config, TEMPERATURE)
+    with torch.no_grad():
+        packed = torch.cat([model(input_ids=s[None]).logits[0] for s in sequences])
+    actor_loss, grad, metrics = actor_loss_and_grad(
+        ConsolidationActorLoss(config, TEMPERATURE, teacher_logits), data, packed.unsqueeze(0)
+    )
+    assert len(calls) == 1  # the teacher runs once per micro-batch, in the per-token call
+
+    rows = [(p, t.tolist(), r, m) for (_, p, r, m), t in zip(batch, teacher_prompts, strict=True)]
+    expected, grads = direct_loss_and_grads(
+        model, rows, lambda student, teacher: (student.exp() * (student - teacher)).sum(-1)
+    )
+    if knowledge:
+        assert expected.item() > 1e-4  # the knowledge changes the teacher
+        assert actor_loss.item() == pytest.approx(expected.item(), rel=1e-4)
+        assert metrics["oel/kl"] == pytest.approx(expected.item(), rel=1e-4)
+        assert "oel/teacher_entropy" in metrics  # the loss's by-product: no teacher pass shipped it
+        assert_packed_grads(grad, grads)
+    else:
+        # Teacher == student: float32 round-off of two forwards of other shapes only.
+        assert abs(actor_loss.item()) < 1e-6 and grad.abs().max().item() < 1e-6
 
 
 @pytest.mark.parametrize("loss", ["k1", "k3"])
@@ -714,8 +801,8 @@ def test_the_tail_aware_loss_is_picked_from_yaml_and_takes_the_paper_losss_data(
 
 
 def test_config_names_the_offending_key():
-    with pytest.raises(ConsolidationConfigError, match="oel.loss='full_reverse_kl'"):
-        ConsolidationConfig(loss="full_reverse_kl")
+    with pytest.raises(ConsolidationConfigError, match="oel.loss='reverse_kl'"):
+        ConsolidationConfig(loss="reverse_kl")
     with pytest.raises(ConsolidationConfigError, match="oel.k=0"):
         ConsolidationConfig(k=0)
     with pytest.raises(ConsolidationConfigError, match="oel.share_prefix='yes'"):

@@ -17,6 +17,8 @@ knowledge, top-256: 4.1e-5 nats/token that way, 2.1e-6 on the one path; ``docs/g
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDict
 from verl.trainer.ppo.core_algos import agg_loss
@@ -31,14 +33,21 @@ TEACHER_TOPK_LOGPROBS = "oel_teacher_topk_logprobs"
 TEACHER_SAMPLED_LOGPROBS = "oel_teacher_sampled_logprobs"
 TEACHER_ENTROPY = "oel_teacher_entropy"
 TEACHER_LOG_TAIL = "oel_teacher_log_tail"
+TEACHER_PROMPT_IDS = "oel_teacher_prompt_ids"
 """Per-token batch fields written by the student and teacher passes, in the RESPONSE layout of verl's
 ``responses`` and ``response_mask`` (row i describes response token i): nothing is stored or sent for
 prompt or knowledge positions. Top-k ids are int32, log-probs and entropy float32. ``TOPK_IDS`` are the
 student's top-k (the teacher's log-probs are at them); ``TEACHER_TOPK_IDS`` the teacher's own, for a loss over
 the teacher's top-k (its log-probs are then at those). ``TEACHER_LOG_TAIL`` (float32, one per token) is the
-log of the teacher's mass outside the student's top-k, for the tail-aware loss."""
+log of the teacher's mass outside the student's top-k, for the tail-aware loss. ``TEACHER_PROMPT_IDS`` (int32,
+one row per PROMPT token: the teacher's prompt, knowledge included) is what the teacher pass ships instead of
+log-probs when the update runs the teacher itself (``full_reverse_kl``)."""
 
-LOSS_METRICS = ("student_entropy", "student_topk_mass", "teacher_topk_mass")
+TeacherLogits = Callable[[TensorDict], list[torch.Tensor]]
+"""The frozen teacher run on a micro-batch: each sample's raw teacher logits at its response tokens
+([R_b, V]), reading ``TEACHER_PROMPT_IDS`` followed by the sample's response ids."""
+
+LOSS_METRICS = ("student_entropy", "student_topk_mass", "teacher_topk_mass", "teacher_entropy")
 """The loss's own per-token by-products that the update logs (as ``oel/<name>``), where the loss has them."""
 
 
@@ -85,12 +94,17 @@ def _packed(data: TensorDict, key: str, positions: torch.Tensor, total: int) -> 
 class ConsolidationActorLoss:
     """Loss function object for ``TrainingWorker.set_loss_fn``: per-token loss, then global aggregation."""
 
-    def __init__(self, config: ConsolidationConfig, temperature: float) -> None:
+    def __init__(
+        self, config: ConsolidationConfig, temperature: float, teacher_logits: TeacherLogits | None = None
+    ) -> None:
         if not temperature > 0:
             raise ValueError(f"actor_rollout_ref.rollout.temperature={temperature} must be > 0")
+        if config.teacher_in_update and teacher_logits is None:
+            raise ValueError(f"oel.loss={config.loss!r} runs the teacher in the update: pass teacher_logits")
         self.config = config
         self.temperature = float(temperature)
         self.loss_fn = get_cd_loss(config.loss)
+        self.teacher_logits = teacher_logits
 
     def __call__(
         self,
@@ -124,11 +138,23 @@ class ConsolidationActorLoss:
             sampled_ids=sampled_ids,
             teacher_sampled_logprobs=_packed(data, TEACHER_SAMPLED_LOGPROBS, positions, total),
             teacher_log_tail=_packed(data, TEACHER_LOG_TAIL, positions, total),
+            teacher_response_logits=self._teacher_response_logits(data),
         )
         per_token, by_products = self.loss_fn(batch, reduction="none", **self.config.loss_options())
         outputs = {"oel_loss": per_token}
         outputs.update({f"oel_{name}": by_products[name] for name in LOSS_METRICS if name in by_products})
         return outputs
+
+    def _teacher_response_logits(self, data: TensorDict) -> torch.Tensor | None:
+        """[M, V]: the teacher's logits at the micro-batch's model tokens (response_mask 1), in the packed
+        order of the loss mask, from the teacher run here (``full_reverse_kl``); None for the other losses."""
+        if not self.config.teacher_in_update:
+            return None
+        per_sample = self.teacher_logits(data)
+        masks = data["response_mask"].unbind()
+        return torch.cat(
+            [logits[mask.to(logits.device).bool()] for logits, mask in zip(per_sample, masks, strict=True)]
+        )
 
     def aggregate(self, model_output: dict, data: TensorDict) -> tuple[torch.Tensor, dict[str, float]]:
         """Token-mean over the global batch (verl's ``agg_loss``), plus detached per-micro-batch metrics."""
@@ -153,7 +179,8 @@ class ConsolidationActorLoss:
             if f"oel_{name}" in model_output
         }
         if TEACHER_ENTROPY in data.keys():
-            # The teacher pass's full-vocabulary entropy, already in the response layout.
+            # The teacher pass's full-vocabulary entropy, already in the response layout (the teacher run in
+            # the update gives it as the loss's by-product instead, above).
             per_token_metrics["oel/teacher_entropy"] = data[TEACHER_ENTROPY].to_padded_tensor(0.0)
         for key, values in per_token_metrics.items():
             metrics[key] = values.detach()[response_mask].float().mean().item()

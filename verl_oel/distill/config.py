@@ -26,6 +26,11 @@ TEACHER_TOPK_LOSSES = ("forward_kl",)
 SAMPLED_TOKEN_LOSSES = ("k1", "k3")
 """Losses that need the teacher's log-prob at the sampled token only."""
 
+TEACHER_IN_UPDATE_LOSSES = ("full_reverse_kl",)
+"""Losses over the whole vocabulary: the teacher's logits cannot be shipped (V numbers per response token,
+~300 KB at Qwen3's vocabulary in bf16), so the teacher pass ships only its prompt ids and the update runs the
+frozen teacher itself, micro-batch by micro-batch, in the same process as the student's logits."""
+
 
 OEL_LOOP_KEYS = frozenset(
     {
@@ -103,13 +108,9 @@ class ConsolidationConfig:
             problems.append(f"oel.share_prefix={self.share_prefix!r} must be true or false")
         if not self.poll_interval_s > 0:
             problems.append(f"oel.poll_interval_s={self.poll_interval_s} must be > 0")
-        supported = TOPK_LOSSES + TEACHER_TOPK_LOSSES + SAMPLED_TOKEN_LOSSES
+        supported = TOPK_LOSSES + TEACHER_TOPK_LOSSES + SAMPLED_TOKEN_LOSSES + TEACHER_IN_UPDATE_LOSSES
         if self.loss not in supported:
-            problems.append(
-                f"oel.loss={self.loss!r}: the teacher worker ships log-probs at fixed ids, which supports "
-                f"{list(supported)} (full_reverse_kl needs the teacher's logits in the student's process: "
-                "topk_reverse_kl with oel.k >= the vocabulary size is the same loss)"
-            )
+            problems.append(f"oel.loss={self.loss!r}: the consolidation trainer supports {list(supported)}")
         else:
             get_cd_loss(self.loss)
         for key in ("k", "chunk_size", "max_knowledge_length"):
@@ -130,6 +131,11 @@ class ConsolidationConfig:
     def uses_teacher_tail(self) -> bool:
         """Whether the teacher pass must also ship its log-mass outside the student's top-k."""
         return self.loss == "topk_reverse_kl_tail"
+
+    @property
+    def teacher_in_update(self) -> bool:
+        """Whether the update runs the teacher (the teacher pass then ships only its prompt ids)."""
+        return self.loss in TEACHER_IN_UPDATE_LOSSES
 
     @property
     def uses_teacher_topk(self) -> bool:

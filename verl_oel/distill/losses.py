@@ -68,8 +68,9 @@ def get_cd_loss(name: str) -> CDLossFn:
 class DistillationBatch:
     """What the trainer holds for one micro-batch; each loss reads the fields it needs.
 
-    Only ``student_logits`` carries gradient. The teacher comes either as full ``teacher_logits`` (teacher
-    and student in one process: tests, the CPU demo) or, as in the real system where the teacher is a
+    Only ``student_logits`` carries gradient. The teacher comes either as logits (teacher and student in one
+    process: ``teacher_logits`` at every position, or ``teacher_response_logits`` at the response tokens, as
+    the update of ``full_reverse_kl`` runs the teacher) or, as in the real system where the teacher is a
     separate worker, as log-probs at fixed ids, which is all that worker needs to send back:
     ``teacher_topk_logprobs`` at ``topk_ids`` (the student's top-k from its pre-update forward for
     ``topk_reverse_kl``, the teacher's own top-k for ``forward_kl(support="teacher_topk")``), and
@@ -84,6 +85,10 @@ class DistillationBatch:
     response_mask: torch.Tensor
     temperature: float = 1.0
     teacher_logits: torch.Tensor | None = None
+    # [M, V]: the teacher's raw logits at the M response tokens only (the mask's True positions, in order),
+    # what a teacher forward in the student's process yields (``full_reverse_kl`` in verl's update), so
+    # nothing is held for prompt or knowledge positions.
+    teacher_response_logits: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     teacher_topk_logprobs: torch.Tensor | None = None
     sampled_ids: torch.Tensor | None = None
@@ -111,6 +116,15 @@ class DistillationBatch:
                 raise ValueError(
                     f"{name} must be {ndim}-D with leading shape {positions} like student_logits, "
                     f"got {tuple(value.shape)}"
+                )
+        if self.teacher_response_logits is not None:
+            if self.teacher_logits is not None:
+                raise ValueError("give teacher_logits or teacher_response_logits, not both")
+            shape = (int(self.response_mask.sum()), self.student_logits.shape[-1])
+            if tuple(self.teacher_response_logits.shape) != shape:
+                raise ValueError(
+                    f"teacher_response_logits must be [response tokens, V] = {shape}, got "
+                    f"{tuple(self.teacher_response_logits.shape)}"
                 )
         if self.teacher_logits is not None and self.teacher_logits.shape != self.student_logits.shape:
             raise ValueError(
@@ -296,7 +310,7 @@ class _FullVocabKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, flat_student, flat_teacher, rows, temperature, chunk_size, reverse):
+    def forward(ctx, flat_student, flat_teacher, rows, teacher_rows, temperature, chunk_size, reverse):
         dtype = _compute_dtype(flat_student.dtype)
         kl, student_entropy, teacher_entropy = (
             flat_student.new_empty(rows.shape, dtype=dtype) for _ in range(3)
@@ -304,12 +318,12 @@ class _FullVocabKL(torch.autograd.Function):
         for start in _chunk_starts(rows.numel(), chunk_size):
             stop = start + chunk_size
             log_p = _chunk_log_probs(flat_student, rows[start:stop], temperature)
-            log_q = _chunk_log_probs(flat_teacher, rows[start:stop], temperature).to(dtype)
+            log_q = _chunk_log_probs(flat_teacher, teacher_rows[start:stop], temperature).to(dtype)
             p, q = log_p.exp(), log_q.exp()
             kl[start:stop] = (p * (log_p - log_q) if reverse else q * (log_q - log_p)).sum(-1)
             student_entropy[start:stop] = -(p * log_p).sum(-1)
             teacher_entropy[start:stop] = -(q * log_q).sum(-1)
-        ctx.save_for_backward(flat_student, flat_teacher, rows, kl)
+        ctx.save_for_backward(flat_student, flat_teacher, rows, teacher_rows, kl)
         ctx.temperature, ctx.chunk_size, ctx.reverse = temperature, chunk_size, reverse
         ctx.mark_non_differentiable(student_entropy, teacher_entropy)
         return kl, student_entropy, teacher_entropy
@@ -317,12 +331,12 @@ class _FullVocabKL(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_kl, _grad_student_entropy, _grad_teacher_entropy):
-        flat_student, flat_teacher, rows, kl = ctx.saved_tensors
+        flat_student, flat_teacher, rows, teacher_rows, kl = ctx.saved_tensors
         grad = torch.zeros_like(flat_student)
         for start in _chunk_starts(rows.numel(), ctx.chunk_size):
             stop = start + ctx.chunk_size
             log_p = _chunk_log_probs(flat_student, rows[start:stop], ctx.temperature)
-            log_q = _chunk_log_probs(flat_teacher, rows[start:stop], ctx.temperature).to(log_p.dtype)
+            log_q = _chunk_log_probs(flat_teacher, teacher_rows[start:stop], ctx.temperature).to(log_p.dtype)
             p = log_p.exp()
             if ctx.reverse:
                 row_grad = p * (log_p - log_q - kl[start:stop, None])
@@ -330,7 +344,7 @@ class _FullVocabKL(torch.autograd.Function):
                 row_grad = p - log_q.exp()
             row_grad *= grad_kl[start:stop, None] / ctx.temperature
             grad.index_copy_(0, rows[start:stop], row_grad.to(grad.dtype))
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -478,13 +492,19 @@ def _topk_metrics(
 def _full_vocab_kl(
     batch: DistillationBatch, chunk_size: int, reduction: str, reverse: bool, loss: str
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    if batch.teacher_logits is None:
-        raise ValueError(f"{loss}: the full-vocabulary KL needs teacher_logits")
     rows = _response_rows(batch.response_mask)
+    if batch.teacher_response_logits is not None:
+        teacher = batch.teacher_response_logits.detach()
+        teacher_rows = torch.arange(rows.numel(), device=teacher.device)
+    elif batch.teacher_logits is not None:
+        teacher, teacher_rows = _flat_logits(batch.teacher_logits.detach()), rows
+    else:
+        raise ValueError(f"{loss}: the full-vocabulary KL needs teacher_logits or teacher_response_logits")
     per_token, student_entropy, teacher_entropy = _FullVocabKL.apply(
         _flat_logits(batch.student_logits),
-        _flat_logits(batch.teacher_logits.detach()),
+        teacher,
         rows,
+        teacher_rows,
         batch.temperature,
         chunk_size,
         reverse,

@@ -15,7 +15,7 @@ describes response token i, like verl's ``responses``): nothing stored or sent f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -294,8 +294,75 @@ def score_responses(
         raise ValueError("own_topk_logprobs needs k (the model's own top-k) and no given ids")
     if log_tail and ids is None:
         raise ValueError("log_tail needs the ids whose outside mass it is")
-    tokens = [seq.reshape(-1).long() for seq in sequences]
     responses = [resp.reshape(-1).long() for resp in response_ids]
+    scores: dict[int, ResponseScores] = {}
+    for index, logits in _response_logits(
+        model,
+        sequences,
+        responses,
+        groups,
+        micro_batch_size,
+        max_tokens,
+        pad_token_id,
+        balance_calls,
+        prefix_cache,
+    ):
+        given = ids[index] if ids is not None else None
+        scores[index] = _chunked_scores(
+            logits, responses[index], temperature, k, given, chunk_size, own_topk_logprobs, log_tail
+        )
+    return [scores[index] for index in range(len(responses))]
+
+
+@torch.no_grad()
+@with_suffix_attention
+def response_logits(
+    model: Callable[..., Any],
+    sequences: Sequence[torch.Tensor],
+    response_ids: Sequence[torch.Tensor],
+    *,
+    groups: Sequence[Hashable] | None = None,
+    micro_batch_size: int = 8,
+    max_tokens: int | None = None,
+    pad_token_id: int = 0,
+    balance_calls: Callable[[int], int] | None = None,
+    prefix_cache: PrefixCache | None = None,
+) -> list[torch.Tensor]:
+    """The raw logits ([R_b, V], the model's dtype) at each sequence's response positions: row i predicts
+    response token i. The same forwards as ``score_responses`` (shared prefixes, suffix micro-batches, the
+    LM head on response rows only, balanced calls), for a caller that needs the whole distribution: the
+    exact full-vocabulary loss, whose teacher runs in the student's process (``full_reverse_kl``)."""
+    responses = [resp.reshape(-1).long() for resp in response_ids]
+    rows: dict[int, torch.Tensor] = {}
+    for index, logits in _response_logits(
+        model,
+        sequences,
+        responses,
+        groups,
+        micro_batch_size,
+        max_tokens,
+        pad_token_id,
+        balance_calls,
+        prefix_cache,
+    ):
+        rows[index] = logits.clone()  # not a view: the micro-batch's [rows, width, V] block is freed
+    return [rows[index] for index in range(len(responses))]
+
+
+def _response_logits(
+    model: Callable[..., Any],
+    sequences: Sequence[torch.Tensor],
+    responses: Sequence[torch.Tensor],
+    groups: Sequence[Hashable] | None,
+    micro_batch_size: int,
+    max_tokens: int | None,
+    pad_token_id: int,
+    balance_calls: Callable[[int], int] | None,
+    prefix_cache: PrefixCache | None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, [R, V] raw logits of sequence ``index``'s response rows, a view into its micro-batch's
+    logits) for every sequence, micro-batch by micro-batch: the forwards both public functions make."""
+    tokens = [seq.reshape(-1).long() for seq in sequences]
     for index, (seq, response) in enumerate(zip(tokens, responses, strict=True)):
         if seq.numel() <= response.numel() or not torch.equal(
             seq[seq.numel() - response.numel() :], response
@@ -320,7 +387,6 @@ def score_responses(
     calls = sum(len(plan.spans) + (plan.prefix_length > 0 and i not in kept) for i, plan in enumerate(plans))
     total_calls = balance_calls(calls) if balance_calls is not None else calls
 
-    scores: dict[int, ResponseScores] = {}
     for plan_index, plan in enumerate(plans):
         prefix, cache = plan.prefix_length, kept.get(plan_index)
         if prefix and cache is None:
@@ -341,19 +407,8 @@ def score_responses(
             inputs = _suffix_inputs(suffixes, prefix, cache, range(low, high), pad_token_id)
             logits = model(**inputs).logits
             for row, index in enumerate(rows):
-                response = responses[index]
                 offset = first[row] - low
-                given = ids[index] if ids is not None else None
-                scores[index] = _chunked_scores(
-                    logits[row, offset : offset + response.numel()],
-                    response,
-                    temperature,
-                    k,
-                    given,
-                    chunk_size,
-                    own_topk_logprobs,
-                    log_tail,
-                )
+                yield index, logits[row, offset : offset + responses[index].numel()]
             del logits, inputs
         del cache
     if total_calls > calls:
@@ -362,7 +417,6 @@ def score_responses(
         idle = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
         for _ in range(total_calls - calls):
             model(input_ids=idle, use_cache=False, logits_to_keep=1)
-    return [scores[index] for index in range(len(tokens))]
 
 
 def micro_batches(lengths: Sequence[int], size: int, max_tokens: int | None = None) -> list[tuple[int, int]]:

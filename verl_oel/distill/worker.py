@@ -18,6 +18,7 @@ The trainer (``trainer.py``) configures it once with the recipe's ``oel:`` secti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 from .actor_loss import (
     TEACHER_ENTROPY,
     TEACHER_LOG_TAIL,
+    TEACHER_PROMPT_IDS,
     TEACHER_SAMPLED_LOGPROBS,
     TEACHER_TOPK_IDS,
     TEACHER_TOPK_LOGPROBS,
@@ -45,6 +47,7 @@ from .teacher import (
     PrefixCache,
     ResponseScores,
     build_teacher_prompt_ids,
+    response_logits,
     score_responses,
     to_response_layout,
     to_sequence_layout,
@@ -85,7 +88,8 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
         # The frozen teacher's stream prefixes, kept across steps (refresh_teacher clears them).
         self.teacher_prefixes = PrefixCache(self.consolidation.teacher_prefix_cache_mib * 2**20)
         if self.actor is not None:
-            self.loss_fn = ConsolidationActorLoss(self.consolidation, self._temperature())
+            teacher = self._teacher_logits if self.consolidation.teacher_in_update else None
+            self.loss_fn = ConsolidationActorLoss(self.consolidation, self._temperature(), teacher)
             self.actor.set_loss_fn(self.loss_fn)
 
     def _temperature(self) -> float:
@@ -102,15 +106,17 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
             "max_tokens": max_tokens,
         }
 
-    def _score(
+    def _forward(
         self,
+        passes: Callable[..., list[Any]],
         training_worker: TrainingWorker,
         sequences: list[torch.Tensor],
         responses: list[torch.Tensor],
         **kwargs: Any,
-    ) -> list[ResponseScores]:
-        """``score_responses`` with this worker's FSDP module, on its device, in eval mode, making as many
-        forward calls as every other rank (each call all-gathers the FSDP shards with them)."""
+    ) -> list[Any]:
+        """``passes`` (``score_responses`` or ``response_logits``) with this worker's FSDP module, on its
+        device, in eval mode, making as many forward calls as every other rank (each call all-gathers the
+        FSDP shards with them)."""
         engine = training_worker.engine
         device = get_device_id()
 
@@ -122,18 +128,48 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
             return int(count.item())
 
         with engine.eval_mode():
-            scores = score_responses(
+            return passes(
                 engine.module,
                 [seq.to(device) for seq in sequences],
                 [resp.to(device) for resp in responses],
-                self._temperature(),
                 **self._micro_batching(training_worker),
-                chunk_size=self.consolidation.chunk_size,
                 pad_token_id=self.tokenizer.pad_token_id or 0,
                 balance_calls=balance_calls,
                 **kwargs,
             )
+
+    def _score(
+        self,
+        training_worker: TrainingWorker,
+        sequences: list[torch.Tensor],
+        responses: list[torch.Tensor],
+        **kwargs: Any,
+    ) -> list[ResponseScores]:
+        """``score_responses`` on this worker's module (``_forward``), its scores brought to the CPU."""
+        scores = self._forward(
+            score_responses,
+            training_worker,
+            sequences,
+            responses,
+            temperature=self._temperature(),
+            chunk_size=self.consolidation.chunk_size,
+            **kwargs,
+        )
         return [ResponseScores(*(None if t is None else t.cpu() for t in s)) for s in scores]
+
+    def _teacher_logits(self, data: TensorDict) -> list[torch.Tensor]:
+        """The frozen teacher (ref) on one update micro-batch: each sample's raw logits at its response
+        tokens ([R_b, V], on this device), reading the teacher prompt the teacher pass shipped
+        (``TEACHER_PROMPT_IDS``) and the sample's response ids. Rows sharing a prompt prefix (one knowledge
+        stream's system message and knowledge) run it once; the stream prefixes the frozen teacher keeps
+        (``oel.teacher_prefix_cache_mib``) are reused here too."""
+        prompts, responses = _token_lists(data[TEACHER_PROMPT_IDS]), _token_lists(data["responses"])
+        sequences = [torch.cat([p.long(), r.long()]) for p, r in zip(prompts, responses, strict=True)]
+        groups = [0] * len(sequences) if self.consolidation.share_prefix else None
+        prefix_cache = self.teacher_prefixes if self.consolidation.teacher_prefix_cache_mib else None
+        return self._forward(
+            response_logits, self.ref, sequences, responses, groups=groups, prefix_cache=prefix_cache
+        )
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_log_prob(self, data: TensorDict) -> TensorDict:
@@ -221,12 +257,19 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
         Returns, in the response layout, the teacher's log-probs at the student's top-k ids (top-k
         losses) or at its own top-k ids, with those ids (a loss over the teacher's top-k: ``forward_kl``),
         its log-mass outside the student's top-k (``topk_reverse_kl_tail``), and at the sampled tokens, and
-        its full-vocabulary entropy, all at the rollout temperature.
+        its full-vocabulary entropy, all at the rollout temperature. For a loss over the whole vocabulary
+        (``full_reverse_kl``) it ships the teacher's prompt ids only: the update runs the teacher.
         Every response position is scored (environment tokens of multi-turn data too); the
         loss keeps the model's own tokens.
         """
         responses = _token_lists(data["responses"])
         teacher_prompts = self.teacher_prompts(data)
+        if self.consolidation.teacher_in_update:
+            # The update runs the teacher on these prompts (its logits are V numbers per token: not shipped).
+            prompt_ids = [torch.tensor(ids, dtype=torch.int32) for ids in teacher_prompts]
+            return tu.get_tensordict(
+                {TEACHER_PROMPT_IDS: torch.nested.as_nested_tensor(prompt_ids, layout=torch.jagged)}
+            )
         # Rows of one knowledge stream share system message + knowledge: that prefix runs once per stream.
         streams = [knowledge or "" for knowledge in tu.get(data, self.consolidation.knowledge_field)]
         if not self.consolidation.share_prefix:
