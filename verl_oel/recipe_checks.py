@@ -287,6 +287,7 @@ def _check_oel_loop(config: DictConfig, loop: OELConfig, consolidation: Consolid
         "oel.extraction.max_turn_tokens": loop.extraction.max_turn_tokens,
         "oel.extraction.max_item_tokens": loop.extraction.max_item_tokens,
         "oel.deployment.max_turn_tokens": loop.deployment.max_turn_tokens,
+        "oel.ood.ifbench_max_tokens": loop.ood.ifbench_max_tokens,
     }
     for key, cap in caps.items():
         if response is not None and cap is not None and cap > response:
@@ -300,6 +301,7 @@ def loop_prompt_bounds(
     """The longest prompt of each kind the run rolls out (``verl_oel/oel/prompt_bounds.py``); None when
     the recipe does not say its lengths."""
     from .envs import make_game
+    from .ifbench import select_prompts
     from .oel.prompt_bounds import prompt_bounds
 
     prompt = _select(config, "data.max_prompt_length")
@@ -319,6 +321,9 @@ def loop_prompt_bounds(
         marker=extraction.marker,
         knowledge_template=consolidation.knowledge_template,
         knowledge_in_context=loop.evaluation.with_knowledge or extraction.in_context_games > 0,
+        ifbench_prompts=tuple(p.prompt for p in select_prompts(loop.ood.ifbench_prompts))
+        if loop.ood.ifbench
+        else (),
     )
 
 

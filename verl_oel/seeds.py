@@ -17,7 +17,8 @@ Two kinds of seed:
   for the same request: :func:`stage_sampling_seed` (evaluation, deployment, consolidation rows),
   :func:`extraction_stream_seed` and :func:`extraction_request_seed` (knowledge streams), and
   :func:`turn_seed` (each turn of a multi-turn episode);
-- :func:`consolidation_stream_rng` picks which knowledge stream each consolidation row's teacher reads.
+- :func:`consolidation_stream_rng` picks which knowledge stream each consolidation row's teacher reads;
+  :func:`ifbench_prompt_rng` which IFBench prompts a subsample measures.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "extract": 3, "deploy": 4}
 """The game-seed block of each split. ``extract``/``deploy``: the games OEL plays to write knowledge and to
 collect deployment prompts; disjoint from the held-out ``test`` games by construction."""
 
-STAGE_PURPOSES = {"evaluation": 1, "deployment": 2, "consolidation": 3, "ood": 4}
+STAGE_PURPOSES = {"evaluation": 1, "deployment": 2, "consolidation": 3, "ood": 4, "ifbench": 5}
 """The sampling-seed block of each stage whose rows sample with a per-row seed (``ood``: the round slot holds
-the entry's index in ``oel.ood.games``, whose games are the same every round)."""
+the entry's index in ``oel.ood.games``, whose games are the same every round; ``ifbench``: round slot 0, the
+same prompts and seeds every round)."""
 
 _SAMPLING_BLOCK = 1_000_000
 _PROBE_BASE_STRIDE = 7919  # a prime: each round's probe games start from their own base seed
@@ -83,6 +85,12 @@ def stage_sampling_seed(base_seed: int, purpose: str, round: int, index: int) ->
 def consolidation_stream_rng(base_seed: int, round: int) -> random.Random:
     """The generator that picks, row by row, which knowledge stream the teacher reads in ``round``."""
     return random.Random(f"{base_seed}/{round}")
+
+
+def ifbench_prompt_rng() -> random.Random:
+    """The generator of the one fixed shuffle ``oel.ood.ifbench_prompts: N`` takes its first N prompts from:
+    independent of ``oel.seed``, so runs of different seeds measure the same prompts."""
+    return random.Random("ifbench")
 
 
 def turn_seed(episode_seed: int, turn: int) -> int:

@@ -197,7 +197,7 @@ def test_every_agent_loop_of_the_plugin_refuses_to_cut_a_prompt():
         for name, entry in _agent_loop_registry.items()
         if entry["_target_"].startswith("verl_oel.")
     }
-    assert set(ours) == {"oel_game", "oel_extract_stream", "oel_replay"}
+    assert set(ours) == {"oel_game", "oel_extract_stream", "oel_replay", "oel_ifbench"}
     for name, target in ours.items():
         module, _, cls = target.rpartition(".")
         loop = getattr(importlib.import_module(module), cls)

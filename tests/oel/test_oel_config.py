@@ -124,5 +124,37 @@ def test_a_bad_ood_entry_is_named_by_its_index_before_anything_runs(entries, mes
 
 
 def test_an_unknown_ood_key_is_named():
-    with pytest.raises(OELConfigError, match=r"oel\.ood\.gamez: unknown key; known: \['games'\]"):
+    known = r"\['games', 'ifbench_max_tokens', 'ifbench_prompts'\]"
+    with pytest.raises(OELConfigError, match=rf"oel\.ood\.gamez: unknown key; known: {known}"):
         OELConfig.from_mapping({**LOOP, "ood": {"gamez": OOD}})
+
+
+def test_ifbench_is_off_unless_asked_and_takes_a_count_or_all():
+    assert not OELConfig.from_mapping(LOOP).ood.ifbench
+    assert not OELConfig.from_mapping({**LOOP, "ood": {"ifbench_prompts": 0}}).ood.ifbench
+    for count in (5, "all"):
+        ood = OELConfig.from_mapping(
+            {**LOOP, "ood": {"ifbench_prompts": count, "ifbench_max_tokens": 64}}
+        ).ood
+        assert (ood.ifbench, ood.ifbench_prompts, ood.ifbench_max_tokens) == (True, count, 64)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"ifbench_prompts": -1}, r"oel\.ood\.ifbench_prompts=-1 must be 0 \(off\), a positive number"),
+        ({"ifbench_prompts": "some"}, r"oel\.ood\.ifbench_prompts='some' must be 0 \(off\)"),
+        ({"ifbench_prompts": True}, r"oel\.ood\.ifbench_prompts=True must be 0 \(off\)"),
+        (
+            {"ifbench_prompts": 100_000},
+            r"oel\.ood\.ifbench_prompts=100000: only \d+ IFBench prompts can be checked",
+        ),
+        (
+            {"ifbench_prompts": 4, "ifbench_max_tokens": 0},
+            r"oel\.ood\.ifbench_max_tokens=0 must be a positive",
+        ),
+    ],
+)
+def test_a_bad_ifbench_setting_is_named_by_its_full_key(section, message):
+    with pytest.raises(OELConfigError, match=message):
+        OELConfig.from_mapping({**LOOP, "ood": section})

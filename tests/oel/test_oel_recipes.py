@@ -120,6 +120,31 @@ def test_a_turn_cap_longer_than_the_response_fails_naming_the_key(tiny_model_dir
         check_recipe(config)
 
 
+def test_an_ifbench_reply_cap_longer_than_the_response_fails_naming_the_key(tiny_model_dir):
+    config = _compose(
+        "oel_cpu_tiny", tiny_model_dir, "+oel.ood.ifbench_prompts=2", "+oel.ood.ifbench_max_tokens=64"
+    )
+    with pytest.raises(
+        RecipeError, match=r"oel\.ood\.ifbench_max_tokens=64 exceeds data\.max_response_length"
+    ):
+        check_recipe(config)
+
+
+def test_the_longest_ifbench_prompt_bounds_the_rollout_and_a_context_without_room_is_refused(tiny_model_dir):
+    """All 265 prompts: the longest (8,665 characters) is the longest prompt the tiny demo would roll out,
+    which its context cannot hold; the launch check names it before anything starts."""
+    config = _compose("oel_cpu_tiny", tiny_model_dir, "+oel.ood.ifbench_prompts=all")
+    with pytest.raises(
+        RecipeError,
+        match=r"actor_rollout_ref\.rollout\.max_model_len=1664 is shorter than "
+        r"actor_rollout_ref\.rollout\.prompt_length \(derived: the longest prompt, an IFBench prompt\) \d+ "
+        r"\+ data\.max_response_length 16",
+    ):
+        check_recipe(config)
+    (derived,) = derived_lengths(_compose("oel_cpu_tiny", tiny_model_dir, "+oel.ood.ifbench_prompts=4"))
+    assert "extraction prompt" in derived.why  # 4 short prompts: the extraction prompt stays the longest
+
+
 def _demo_extraction_prompt_tokens(tiny_model_dir) -> tuple[int, int]:
     """(turn prompt, extraction prompt) tokens of one oel-cpu-demo game, as its loops build them: a
     hidden-rule game, an 8-token reply, and 64 tokens of knowledge (the demo's budget)."""

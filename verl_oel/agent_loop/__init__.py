@@ -2,7 +2,8 @@
 
 Each loop registers itself in verl's agent-loop registry when imported, and the plugin imports them all
 when verl imports that registry (see ``verl_oel/plugin.py``), so rows with ``agent_name: oel_game``,
-``oel_extract_stream`` or ``oel_replay`` are played by these loops in every agent-loop worker.
+``oel_extract_stream``, ``oel_replay`` or ``oel_ifbench`` are played by these loops in every agent-loop
+worker.
 """
 
 # Imported before any loop module runs: importing it loads verl and our plugin, whose registration

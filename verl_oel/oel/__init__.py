@@ -10,10 +10,13 @@ from verl_oel.oel.report import ReportPaths, collect, render_report
 from verl_oel.oel.round_eval import (
     ConsolidationSummary,
     EvalFormatError,
+    IFBenchScore,
     InContextPoint,
     OODResult,
     RoundEval,
+    load_ifbench_record,
     load_round_eval,
+    save_ifbench_record,
     save_round_eval,
 )
 from verl_oel.oel.run_state import (
@@ -35,6 +38,7 @@ __all__ = [
     "STAGE_OUTPUTS",
     "ConsolidationSummary",
     "EvalFormatError",
+    "IFBenchScore",
     "InContextPoint",
     "NextStage",
     "OODResult",
@@ -47,7 +51,9 @@ __all__ = [
     "RunState",
     "StageOrderError",
     "collect",
+    "load_ifbench_record",
     "load_round_eval",
     "render_report",
+    "save_ifbench_record",
     "save_round_eval",
 ]

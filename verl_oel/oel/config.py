@@ -79,6 +79,15 @@ class OODConfig:
     base model's)."""
 
     games: tuple[OODGames, ...] = ()
+    # IFBench instruction following (verl_oel/ifbench.py): 0, off; N, a fixed subsample of N of the prompts
+    # checkable offline (the same every round and run); "all", every one of them.
+    ifbench_prompts: int | str = 0
+    # Each IFBench reply's token cap; None: data.max_response_length.
+    ifbench_max_tokens: int | None = None
+
+    @property
+    def ifbench(self) -> bool:
+        return self.ifbench_prompts != 0
 
 
 @dataclass(frozen=True)
@@ -277,7 +286,34 @@ def _ood_section(value: Any, problems: list[str]) -> OODConfig:
         if not found:
             names.add(entry["name"])
             games.append(OODGames(**{**entry, "name": str(entry["name"]), "game_settings": settings}))
-    return OODConfig(games=tuple(games))
+    prompts = section.get("ifbench_prompts", 0)
+    problems += _ifbench_prompts(prompts)
+    problems += _positive(section, ("ifbench_max_tokens",), "oel.ood.")
+    return OODConfig(
+        games=tuple(games), ifbench_prompts=prompts, ifbench_max_tokens=section.get("ifbench_max_tokens")
+    )
+
+
+def _ifbench_prompts(count: Any) -> list[str]:
+    """``oel.ood.ifbench_prompts``: 0, a count of the prompts checkable offline, or "all" (which needs the
+    IFBench packages: their absence is named here, before anything starts)."""
+    from verl_oel.ifbench import ALL, IFBenchUnavailableError, checkable_prompts
+
+    key = f"oel.ood.ifbench_prompts={count!r}"
+    if count == 0:
+        return []
+    if count != ALL and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+        return [f"{key} must be 0 (off), a positive number of prompts or {ALL!r}"]
+    try:
+        available = len(checkable_prompts())
+    except IFBenchUnavailableError as error:
+        return [f"{key}: {error}"]
+    if count != ALL and count > available:
+        return [
+            f"{key}: only {available} IFBench prompts can be checked offline (verl_oel/ifbench.py); "
+            f"use at most {available} or {ALL!r}"
+        ]
+    return []
 
 
 def _check_game(game: str, settings: dict[str, Any], prefix: str = "oel.") -> list[str]:

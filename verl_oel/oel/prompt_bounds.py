@@ -14,7 +14,9 @@ an error). An OEL run rolls out three kinds of prompt:
   ``oel.extraction.show_previous_knowledge``, the stream so far. The game's instructions and every
   observation the record shows are all in the game's last turn prompt, so together they take at most
   ``data.max_prompt_length`` tokens; each reply at most the extraction's reply cap, for at most the game's
-  ``max_turns`` replies; the outcome reason at most ``MAX_REASON_BYTES``.
+  ``max_turns`` replies; the outcome reason at most ``MAX_REASON_BYTES``;
+- with ``oel.ood.ifbench_prompts``, an IFBench prompt (``verl_oel/ifbench.py``): the longest selected one as
+  a chat prompt, plus the empty thinking block a non-thinking render adds (``NON_THINKING_BLOCK``).
 
 The bounds count the fixed text with the run's tokenizer and chat template when the model folder is on disk;
 without them, by UTF-8 bytes (no byte-level BPE token is shorter than a byte) plus
@@ -37,6 +39,10 @@ CHAT_TEMPLATE_ALLOWANCE = 64
 """Tokens per message (and once for the generation prompt) that a chat template may add, used only when
 the model's tokenizer is not on disk: Qwen3's adds 5 per message and 3-7 for the generation prompt,
 Llama 3's adds about 25 to the first message (its dated system text)."""
+
+NON_THINKING_BLOCK = "<think>\n\n</think>\n\n"
+"""What Qwen3's chat template appends to the generation prompt with ``enable_thinking: false`` (the IFBench
+rows are rendered so: ``verl_oel/agent_loop/ifbench_loop.py``); a template without the switch adds nothing."""
 
 Messages = list[dict[str, Any]]
 
@@ -92,12 +98,12 @@ class PromptBounds:
     turn: Bound
     turn_with_knowledge: Bound | None
     extraction: Bound
+    ifbench: Bound | None = None
 
     @property
     def all(self) -> list[Bound]:
-        return [
-            bound for bound in (self.turn, self.turn_with_knowledge, self.extraction) if bound is not None
-        ]
+        kinds = (self.turn, self.turn_with_knowledge, self.extraction, self.ifbench)
+        return [bound for bound in kinds if bound is not None]
 
     @property
     def longest(self) -> Bound:
@@ -123,11 +129,12 @@ def prompt_bounds(
     marker: str,
     knowledge_template: str,
     knowledge_in_context: bool,
+    ifbench_prompts: tuple[str, ...] = (),
 ) -> PromptBounds:
-    """The three bounds (see the module docstring); ``turn_prompt_tokens`` is ``data.max_prompt_length``.
+    """The bounds (see the module docstring); ``turn_prompt_tokens`` is ``data.max_prompt_length``.
 
     ``knowledge_in_context``: whether the run plays turns with knowledge in context (evaluation with
-    knowledge, in-context probes)."""
+    knowledge, in-context probes); ``ifbench_prompts``: the IFBench prompts' texts the run plays."""
     p = turn_prompt_tokens
     turn = Bound("a game turn without knowledge", p, f"data.max_prompt_length {p}")
     with_knowledge = None
@@ -155,4 +162,13 @@ def prompt_bounds(
     if show_previous_knowledge:
         arithmetic += f" + oel.extraction.budget_tokens {budget_tokens}"
     arithmetic += f" + seams {seams}"
-    return PromptBounds(turn, with_knowledge, Bound("an extraction prompt", total, arithmetic))
+    ifbench = None
+    if ifbench_prompts:
+        longest = max(counter.chat([{"role": "user", "content": text}]) for text in ifbench_prompts)
+        block = counter.text(NON_THINKING_BLOCK)
+        ifbench = Bound(
+            "an IFBench prompt",
+            longest + block,
+            f"the longest of the oel.ood.ifbench_prompts prompts {longest} + an empty thinking block {block}",
+        )
+    return PromptBounds(turn, with_knowledge, Bound("an extraction prompt", total, arithmetic), ifbench)

