@@ -160,9 +160,11 @@ class ConsolidationWorker(PhaseMemoryWorkerMixin, ActorRolloutRefWorker):
     def _teacher_logits(self, data: TensorDict) -> list[torch.Tensor]:
         """The frozen teacher (ref) on one update micro-batch: each sample's raw logits at its response
         tokens ([R_b, V], on this device), reading the teacher prompt the teacher pass shipped
-        (``TEACHER_PROMPT_IDS``) and the sample's response ids. Rows sharing a prompt prefix (one knowledge
-        stream's system message and knowledge) run it once; the stream prefixes the frozen teacher keeps
-        (``oel.teacher_prefix_cache_mib``) are reused here too."""
+        (``TEACHER_PROMPT_IDS``) and the sample's response ids. The micro-batch's rows are one group: their
+        common token prefix runs once, which is a whole stream's system message and knowledge only when
+        every row reads the same stream (rows of several streams share the system message alone; the
+        teacher pass groups by stream, this pass does not read the stream field). The prefixes the frozen
+        teacher keeps (``oel.teacher_prefix_cache_mib``) are reused here too."""
         prompts, responses = _token_lists(data[TEACHER_PROMPT_IDS]), _token_lists(data["responses"])
         sequences = [torch.cat([p.long(), r.long()]) for p, r in zip(prompts, responses, strict=True)]
         groups = [0] * len(sequences) if self.consolidation.share_prefix else None
