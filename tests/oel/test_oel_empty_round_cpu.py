@@ -1,12 +1,18 @@
-"""A round whose extraction keeps no knowledge item, and out-of-domain games in every round's evaluation: one
-``verl-oel train --config-name oel_cpu_tiny oel.rounds=1`` launch on verl's stack (CPU).
+"""A round whose extraction keeps no knowledge item, and out-of-domain games and IFBench in every round's
+evaluation: one ``verl-oel train --config-name oel_cpu_tiny oel.rounds=1`` launch on verl's stack (CPU).
 
 The random tiny model writes no knowledge item from its own games (it never writes the marker), so its
 round 1 always has nothing to consolidate: the round must skip its in-context evaluation, deployment and
 training (each stage marked done with the reason), publish the base model's weights unchanged as pi_1, and
 say so in eval.json and the report. The same launch plays two out-of-domain entries (FrozenLake with other
 settings, and the hidden-rule doors) in round 0's and round 1's evaluations; eval.json, the report and
-verl's tracking hold their pass and valid-action rates.
+verl's tracking hold their pass and valid-action rates. It also answers 4 IFBench prompts
+(``oel.ood.ifbench_prompts: 4``, replies of at most 16 tokens) in both evaluations, through verl's validation
+pass (the ``oel_ifbench`` agent loop on vLLM): the score in eval.json must be the fraction of the stored
+verdicts that follow every instruction, each verdict what the verifiers say of the stored reply, and, the
+weights being the same in both rounds with the same sampling seeds, round 1's replies must be round 0's.
+The tiny model's replies are not English (its score is 0): the launch proves the plumbing; the verifiers'
+verdicts are checked against IFBench's own on real replies in ``tests/test_ifbench.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import torch
 from oel_testing import read_metrics, run_verl_oel
 from safetensors.torch import load_file
 
-from verl_oel.oel import RunLayout, load_round_eval
+from verl_oel.ifbench import follows_instructions, prompt_strict, select_prompts
+from verl_oel.oel import RunLayout, load_ifbench_record, load_round_eval
 from verl_oel.oel.run_state import read_stage_markers
 
 pytestmark = pytest.mark.verl
@@ -27,6 +34,14 @@ SKIPPED = "no knowledge: the round's extraction kept no item"
 OOD = [
     "+oel.ood.games=[{name: lake4, game: frozenlake, game_settings: {size: 4, max_turns: 2}, num_games: 4},"
     "{name: doors, game: hidden-rule, game_settings: {family: river, num_doors: 4}, num_games: 4, seed: 3}]",
+]
+IFBENCH_PROMPTS, IFBENCH_MAX_TOKENS = 4, 16
+IFBENCH_LEFT_OUT = [
+    "format:title_case",
+    "ratio:stop_words",
+    "words:keywords_specific_position",
+    "words:start_verb",
+    "words:words_position",
 ]
 
 
@@ -42,6 +57,8 @@ def empty_run(tmp_path_factory, tiny_model_dir):
             f"trainer.default_local_dir={run_dir}",
             "oel.rounds=1",
             *OOD,
+            f"+oel.ood.ifbench_prompts={IFBENCH_PROMPTS}",
+            f"+oel.ood.ifbench_max_tokens={IFBENCH_MAX_TOKENS}",
         ],
         timeout=1200,
     )
@@ -96,3 +113,39 @@ def test_every_evaluation_plays_the_ood_games_and_reports_their_rates(empty_run)
         logged.update(metrics)
     for result in records[1].ood:
         assert logged[f"oel/evaluation/ood/{result.name}/pass_rate"] == pytest.approx(result.pass_rate)
+
+
+def test_every_round_scores_ifbench_from_the_replies_it_stored(empty_run):
+    layout = RunLayout(empty_run.resolve())
+    prompts = {prompt.key: prompt for prompt in select_prompts(IFBENCH_PROMPTS)}
+    replies = []
+    for round in (0, 1):
+        score = load_round_eval(layout.eval_json(round)).ifbench
+        assert score is not None and 0.0 <= score.prompt_strict <= 1.0
+        assert (score.prompts, score.shipped_prompts, score.checkable_prompts) == (IFBENCH_PROMPTS, 294, 265)
+        assert list(score.left_out_instructions) == IFBENCH_LEFT_OUT
+        assert score.max_tokens == IFBENCH_MAX_TOKENS
+        stored, verdicts = load_ifbench_record(layout.ifbench_json(round))
+        assert stored == score
+        assert [verdict.key for verdict in verdicts] == list(prompts)
+        for verdict in verdicts:
+            assert 0 < verdict.response_tokens <= IFBENCH_MAX_TOKENS and verdict.response.strip()
+            assert verdict.follow_instruction_list == follows_instructions(
+                prompts[verdict.key], verdict.response
+            )
+        assert prompt_strict(verdicts) == score.prompt_strict
+        replies.append([verdict.response for verdict in verdicts])
+    assert replies[0] == replies[1]  # the same weights, prompts and sampling seeds
+
+
+def test_the_report_and_verl_tracking_show_the_ifbench_score(empty_run):
+    report = json.loads((empty_run / "report.json").read_text())
+    scores = [entry["eval"]["ifbench"] for entry in report["rounds"]]
+    assert [score["prompts"] for score in scores] == [IFBENCH_PROMPTS, IFBENCH_PROMPTS]
+    assert "IFBench prompt-level strict" in (empty_run / "report.md").read_text()
+    (metrics_file,) = (empty_run / "logs").glob("metrics_*.jsonl")
+    logged = {}
+    for metrics in read_metrics(metrics_file).values():
+        logged.update(metrics)
+    assert logged["oel/evaluation/ood/ifbench/prompt_strict"] == pytest.approx(scores[1]["prompt_strict"])
+    assert logged["oel/evaluation/ood/ifbench/prompts"] == IFBENCH_PROMPTS
