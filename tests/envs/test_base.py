@@ -19,6 +19,7 @@ def test_every_family_is_registered():
     assert list_games() == [
         "frozenlake",
         "hidden-rule",
+        "hidden-rule-corridor",
         "sokoban",
         "tw-coin_collector",
         "tw-cooking",
@@ -28,7 +29,7 @@ def test_every_family_is_registered():
 
 
 def test_unknown_game_names_itself_and_the_known_games():
-    with pytest.raises(ValueError, match=r"unknown game 'frozen_lake'.*frozenlake, hidden-rule, sokoban"):
+    with pytest.raises(ValueError, match=r"unknown game 'frozen_lake'.*frozenlake, hidden-rule, hidden-rule-corridor, sokoban"):
         make_game("frozen_lake")
 
 

@@ -1,8 +1,8 @@
 """Text games behind one small interface (`TextGame`), picked by name with `make_game`.
 
 Importing this package registers every family: TextWorld's (`tw-coin_collector`, `tw-treasure_hunter`,
-`tw-cooking`, `tw-custom`), TextArena's (`frozenlake`, `sokoban`) and the hidden-rule doors
-(`hidden-rule`).
+`tw-cooking`, `tw-custom`), TextArena's (`frozenlake`, `sokoban`), the hidden-rule doors (`hidden-rule`, one
+turn) and their multi-turn corridor (`hidden-rule-corridor`).
 """
 
 from verl_oel.envs.base import (
@@ -25,6 +25,7 @@ from verl_oel.envs.grid_games import (
     SokobanSettings,
 )
 from verl_oel.envs.hidden_rule import HiddenRuleGame, HiddenRuleSettings
+from verl_oel.envs.hidden_rule_corridor import HiddenRuleCorridorGame, HiddenRuleCorridorSettings
 from verl_oel.envs.textworld_games import (
     CoinCollector,
     CoinCollectorSettings,
@@ -48,6 +49,8 @@ __all__ = [
     "FrozenLakeSettings",
     "GameSettings",
     "GridGameSettings",
+    "HiddenRuleCorridorGame",
+    "HiddenRuleCorridorSettings",
     "HiddenRuleGame",
     "HiddenRuleSettings",
     "Outcome",
