@@ -121,8 +121,7 @@ class HiddenRuleCorridorGame(TextGame):
         self._room += 1
         if self._room == self.settings.num_rooms:
             observation = (
-                f"You open the door marked [{sign}] and walk out of the last room. You win! "
-                f"{self._plaque()}"
+                f"You open the door marked [{sign}] and walk out of the last room. You win! {self._plaque()}"
             )
             reason = f"{WIN_REASON}; the plaque says {rule_text(self.settings.family)}"
             return StepResult(observation, 1.0, True, action, False, Outcome(won=True, reason=reason))
