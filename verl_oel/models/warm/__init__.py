@@ -53,7 +53,14 @@ them and can run many times slower; build first, then run).
 """
 
 from verl_oel.models.warm.data import copy_batches, copy_example, copy_words, extraction_example, game_example
-from verl_oel.models.warm.probes import EVAL_SAMPLING, GREEDY, extract_replies, generate_replies, play_games
+from verl_oel.models.warm.probes import (
+    EVAL_SAMPLING,
+    GREEDY,
+    extract_replies,
+    generate_replies,
+    play_corridor_games,
+    play_games,
+)
 from verl_oel.models.warm.prompts import extraction_messages, game_messages
 from verl_oel.models.warm.spec import GAME, WARM_VERSION, WarmModelSpec, rule_item
 from verl_oel.models.warm.train import build_warm_model, train_warm_model
@@ -74,6 +81,7 @@ __all__ = [
     "game_example",
     "game_messages",
     "generate_replies",
+    "play_corridor_games",
     "play_games",
     "rule_item",
     "train_warm_model",

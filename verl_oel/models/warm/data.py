@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from verl_oel.envs import make_game
+from verl_oel.envs import TextGame, make_game
 from verl_oel.envs.hidden_rule import (
     COLOURS,
     DEAD_END_REASON,
@@ -20,7 +20,14 @@ from verl_oel.envs.hidden_rule import (
 )
 from verl_oel.knowledge import DEFAULT_MARKER, render_items
 from verl_oel.models.warm.prompts import extraction_messages, game_messages, prompt_ids, reply_ids
-from verl_oel.models.warm.spec import GAME, OTHER_ITEMS, RULE_PHRASINGS, WarmModelSpec, rule_item
+from verl_oel.models.warm.spec import (
+    CORRIDOR_GAME,
+    GAME,
+    OTHER_ITEMS,
+    RULE_PHRASINGS,
+    WarmModelSpec,
+    rule_item,
+)
 
 
 def _random_knowledge(rng: random.Random, sign: str | None) -> str:
@@ -40,12 +47,39 @@ def _new_game(rng: random.Random, spec: WarmModelSpec, family: str) -> tuple[Hid
     return game, game.reset(rng.randrange(2**31))
 
 
+def _corridor_move(rng: random.Random, game: TextGame) -> str:
+    """A reply a player may give in a corridor room: the exit, a locked door, or no door of the room."""
+    roll = rng.random()
+    if roll < 0.4:
+        return f" [{game.exit_sign}]"
+    if roll < 0.9:
+        return f" [{rng.choice(game.doors)[1]}]"
+    return rng.choice(("", "I open a door.", "[", f"[{rng.choice(SIGNS)}]"))
+
+
+def _corridor_in_play(rng: random.Random, spec: WarmModelSpec, family: str) -> TextGame:
+    """A corridor game of ``family`` after a random number of moves that do not end it."""
+    game = make_game(CORRIDOR_GAME, family=family, num_doors=rng.choice(spec.corridor_door_counts))
+    game.reset(rng.randrange(2**31))
+    for _ in range(rng.randrange(game.max_turns)):
+        move = _corridor_move(rng, game)
+        last_room = game.room_index == game.settings.num_rooms - 1
+        if len(game.history) + 1 == game.max_turns or (last_room and move == f" [{game.exit_sign}]"):
+            break  # that move would end the game: stop before it
+        game.step(move)
+    return game
+
+
 def game_example(
     rng: random.Random, spec: WarmModelSpec, tokenizer: Any, words: Sequence[str] = ()
 ) -> tuple[list[int], list[int]]:
     """One turn prompt and its target reply: the rule's sign with knowledge, the first door listed
-    without."""
-    game, _ = _new_game(rng, spec, rng.choice(spec.families))
+    without (in a corridor, ``corridor_share`` of the examples: the first door of the room the player is
+    in, so a player without the rule stays stuck at a locked door until it learns the rule)."""
+    if spec.corridor_share and rng.random() < spec.corridor_share:
+        game = _corridor_in_play(rng, spec, rng.choice(spec.families))
+    else:
+        game, _ = _new_game(rng, spec, rng.choice(spec.families))
     if rng.random() < spec.knowledge_share:
         knowledge, reply = _random_knowledge(rng, game.exit_sign), f" [{game.exit_sign}]"
     else:
@@ -72,11 +106,19 @@ def _played_reply(rng: random.Random, game: HiddenRuleGame) -> str:
 def extraction_example(
     rng: random.Random, spec: WarmModelSpec, tokenizer: Any, words: Sequence[str] = ()
 ) -> tuple[list[int], list[int]]:
-    """One extraction prompt (a played game, the stream's knowledge so far) and the rule's item."""
-    game, first = _new_game(rng, spec, rng.choice(spec.families))
+    """One extraction prompt (a played game, the stream's knowledge so far) and the rule's item; in
+    ``corridor_share`` of the examples the game is a whole corridor game."""
+    corridor = bool(spec.corridor_share) and rng.random() < spec.corridor_share
+    if corridor:
+        game = make_game(
+            CORRIDOR_GAME, family=rng.choice(spec.families), num_doors=rng.choice(spec.corridor_door_counts)
+        )
+        first = game.reset(rng.randrange(2**31))
+    else:
+        game, first = _new_game(rng, spec, rng.choice(spec.families))
     observations, replies = [first], []
     while game.outcome is None:
-        reply = _played_reply(rng, game)
+        reply = _corridor_move(rng, game) if corridor else _played_reply(rng, game)
         result = game.step(reply)
         observations.append(result.observation)
         replies.append(reply)

@@ -9,7 +9,7 @@ import torch
 
 from verl_oel.envs import make_game
 from verl_oel.models.warm.prompts import extraction_messages, game_messages, prompt_ids
-from verl_oel.models.warm.spec import GAME
+from verl_oel.models.warm.spec import CORRIDOR_GAME, GAME
 
 EVAL_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
 GREEDY = {"do_sample": False}
@@ -95,3 +95,46 @@ def extract_replies(
         for p in played
     ]
     return generate_replies(model, tokenizer, prompts, sampling or EVAL_SAMPLING, max_new_tokens)
+
+
+def play_corridor_games(
+    model: Any,
+    tokenizer: Any,
+    family: str,
+    seeds: Sequence[int],
+    knowledge: str = "",
+    sampling: dict[str, Any] | None = None,
+    max_new_tokens: int = 8,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """Whole ``hidden-rule-corridor`` games played turn by turn (the loop's per-turn prompts, every running
+    game's turn in one batch; turn ``t`` samples with seed ``t``); each result as ``play_games``' plus
+    ``turns`` and ``invalid_turns``."""
+    games = [make_game(CORRIDOR_GAME, family=family, **settings) for _ in seeds]
+    observations = [[game.reset(seed)] for game, seed in zip(games, seeds, strict=True)]
+    replies: list[list[str]] = [[] for _ in games]
+    turn = 0
+    while running := [i for i, game in enumerate(games) if game.outcome is None]:
+        prompts = [game_messages(games[i], knowledge) for i in running]
+        answers = generate_replies(model, tokenizer, prompts, sampling or EVAL_SAMPLING, max_new_tokens, turn)
+        for i, reply in zip(running, answers, strict=True):
+            observations[i].append(games[i].step(reply).observation)
+            replies[i].append(reply)
+        turn += 1
+    results = []
+    for game, seen, said in zip(games, observations, replies, strict=True):
+        results.append(
+            {
+                "instruction": game.instruction,
+                "observations": seen,
+                "replies": said,
+                "won": game.outcome.won,
+                "reason": game.outcome.reason,
+                "turns": len(game.history),
+                "invalid_turns": sum(
+                    turn.action is None or "No door in this room" in turn.observation for turn in game.history
+                ),
+            }
+        )
+        game.close()
+    return results

@@ -15,6 +15,7 @@ from verl_oel.models.build_folder import (
 # Bump when the warm-up's data or training changes for the same settings, so cached builds are redone.
 WARM_VERSION = 5
 GAME = "hidden-rule"
+CORRIDOR_GAME = "hidden-rule-corridor"
 BUILD_THREADS = 2
 
 # Knowledge items: the rule as the extractor writes it, other phrasings of it, and unrelated items.
@@ -79,6 +80,12 @@ class WarmModelSpec:
     relabel_share: float = 0.8
     door_counts: tuple[int, ...] = (3, 4, 4, 5)
     families: tuple[str, ...] = WARM_FAMILIES
+    # Share of phase 2's game and extraction examples drawn from the multi-turn corridor
+    # (``hidden-rule-corridor``, warm families only): a turn prompt at a random point of a game (the
+    # game log so far), or a whole corridor game's record. 0, the default build, draws none (and no
+    # random number for it: the default build's bytes and cache key are those of the build without it).
+    corridor_share: float = 0.0
+    corridor_door_counts: tuple[int, ...] = (4, 5)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> WarmModelSpec:
@@ -88,6 +95,17 @@ class WarmModelSpec:
                 **values,
                 "model": TinyModelSpec(**values["model"]),
                 "door_counts": tuple(values["door_counts"]),
+                "corridor_door_counts": tuple(values.get("corridor_door_counts", cls.corridor_door_counts)),
                 "families": tuple(values["families"]),
             }
         )
+
+
+def spec_settings(spec: WarmModelSpec) -> dict[str, Any]:
+    """The spec as the build's cache key records it: ``dataclasses.asdict``, without the corridor's fields
+    while ``corridor_share`` is 0 (such a build draws no corridor example, so it is the build from before
+    those fields existed, and keeps that build's key and cached folder)."""
+    settings = dataclasses.asdict(spec)
+    if spec.corridor_share == 0:
+        del settings["corridor_share"], settings["corridor_door_counts"]
+    return settings

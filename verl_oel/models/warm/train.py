@@ -34,7 +34,7 @@ from verl_oel.models.build_folder import (
 )
 from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer, qwen_vocab_sha256
 from verl_oel.models.warm.data import copy_batches, copy_words, extraction_example, game_example
-from verl_oel.models.warm.spec import BUILD_THREADS, GAME, WARM_VERSION, WarmModelSpec
+from verl_oel.models.warm.spec import BUILD_THREADS, GAME, WARM_VERSION, WarmModelSpec, spec_settings
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def build_warm_model(
         "kind": "warm",
         "warm_version": WARM_VERSION,
         "seed": seed,
-        "spec": dataclasses.asdict(spec),
+        "spec": spec_settings(spec),
         "game": GAME,
         "held_out_families": list(HELD_OUT_FAMILIES),
         "build_threads": BUILD_THREADS,
