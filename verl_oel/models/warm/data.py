@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from verl_oel.envs import TextGame, make_game
+from verl_oel.envs import HiddenRuleCorridorGame, make_game
 from verl_oel.envs.hidden_rule import (
     COLOURS,
     DEAD_END_REASON,
@@ -47,7 +47,7 @@ def _new_game(rng: random.Random, spec: WarmModelSpec, family: str) -> tuple[Hid
     return game, game.reset(rng.randrange(2**31))
 
 
-def _corridor_move(rng: random.Random, game: TextGame) -> str:
+def _corridor_move(rng: random.Random, game: HiddenRuleCorridorGame) -> str:
     """A reply a player may give in a corridor room: the exit, a locked door, or no door of the room."""
     roll = rng.random()
     if roll < 0.4:
@@ -57,7 +57,7 @@ def _corridor_move(rng: random.Random, game: TextGame) -> str:
     return rng.choice(("", "I open a door.", "[", f"[{rng.choice(SIGNS)}]"))
 
 
-def _corridor_in_play(rng: random.Random, spec: WarmModelSpec, family: str) -> TextGame:
+def _corridor_in_play(rng: random.Random, spec: WarmModelSpec, family: str) -> HiddenRuleCorridorGame:
     """A corridor game of ``family`` after a random number of moves that do not end it."""
     game = make_game(CORRIDOR_GAME, family=family, num_doors=rng.choice(spec.corridor_door_counts))
     game.reset(rng.randrange(2**31))

@@ -84,6 +84,8 @@ class WarmModelSpec:
     # (``hidden-rule-corridor``, warm families only): a turn prompt at a random point of a game (the
     # game log so far), or a whole corridor game's record. 0, the default build, draws none (and no
     # random number for it: the default build's bytes and cache key are those of the build without it).
+    # Measured at 0.5 (seed 0, 2026-12-07): worse on every corridor skill than the default build (README,
+    # "A multi-turn game"); kept as the lever for the warm build the corridor still needs.
     corridor_share: float = 0.0
     corridor_door_counts: tuple[int, ...] = (4, 5)
 
