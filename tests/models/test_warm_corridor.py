@@ -77,6 +77,18 @@ def test_corridor_turn_prompts_answer_the_rule_with_knowledge_and_the_rooms_firs
     assert with_knowledge > 60 and without > 20 and later_rooms > 40
 
 
+def test_every_corridor_turn_prompt_is_of_a_running_game(tokenizer):
+    """A move that names the exit in the last room ends the game, whichever way it was drawn (the exit, a
+    door of the room, a random sign): the example stops before it. 2,000 examples over many random
+    streams (a build once died here at phase 2's step ~200: "the game is over")."""
+    spec = WarmModelSpec(corridor_share=1.0)
+    for seed in range(40):
+        rng = random.Random(seed)
+        for _ in range(50):
+            prompt, _ = _decoded(tokenizer, game_example(rng, spec, tokenizer))
+            assert "You win" not in prompt and "no turns left" not in prompt
+
+
 def test_corridor_extraction_records_are_whole_games_and_name_the_rule(tokenizer):
     spec = WarmModelSpec(corridor_share=1.0)
     rng = random.Random(1)

@@ -16,6 +16,7 @@ from verl_oel.envs.hidden_rule import (
     WARM_FAMILIES,
     WIN_REASON,
     HiddenRuleGame,
+    parse_last_sign,
     rule_text,
 )
 from verl_oel.knowledge import DEFAULT_MARKER, render_items
@@ -64,7 +65,9 @@ def _corridor_in_play(rng: random.Random, spec: WarmModelSpec, family: str) -> H
     for _ in range(rng.randrange(game.max_turns)):
         move = _corridor_move(rng, game)
         last_room = game.room_index == game.settings.num_rooms - 1
-        if len(game.history) + 1 == game.max_turns or (last_room and move == f" [{game.exit_sign}]"):
+        # Any move naming the exit sign wins in the last room (a "locked door" drawn from the room's doors
+        # or a random sign can be the exit too): the game must still be running for its turn prompt.
+        if len(game.history) + 1 == game.max_turns or (last_room and parse_last_sign(move) == game.exit_sign):
             break  # that move would end the game: stop before it
         game.step(move)
     return game
