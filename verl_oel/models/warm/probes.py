@@ -113,16 +113,19 @@ def play_corridor_games(
     games = [make_game(CORRIDOR_GAME, family=family, **settings) for _ in seeds]
     observations = [[game.reset(seed)] for game, seed in zip(games, seeds, strict=True)]
     replies: list[list[str]] = [[] for _ in games]
+    invalid = [0 for _ in games]
     turn = 0
     while running := [i for i, game in enumerate(games) if game.outcome is None]:
         prompts = [game_messages(games[i], knowledge) for i in running]
         answers = generate_replies(model, tokenizer, prompts, sampling or EVAL_SAMPLING, max_new_tokens, turn)
         for i, reply in zip(running, answers, strict=True):
-            observations[i].append(games[i].step(reply).observation)
+            result = games[i].step(reply)
+            observations[i].append(result.observation)
             replies[i].append(reply)
+            invalid[i] += result.invalid
         turn += 1
     results = []
-    for game, seen, said in zip(games, observations, replies, strict=True):
+    for game, seen, said, invalid_turns in zip(games, observations, replies, invalid, strict=True):
         results.append(
             {
                 "instruction": game.instruction,
@@ -131,9 +134,7 @@ def play_corridor_games(
                 "won": game.outcome.won,
                 "reason": game.outcome.reason,
                 "turns": len(game.history),
-                "invalid_turns": sum(
-                    turn.action is None or "No door in this room" in turn.observation for turn in game.history
-                ),
+                "invalid_turns": invalid_turns,
             }
         )
         game.close()
