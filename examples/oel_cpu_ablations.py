@@ -1,20 +1,23 @@
 """OEL and its ablations on the CPU demo, over several seeds, in one table.
 
 Runs ``oel-cpu-demo`` (OEL) and its variants (the forward KL as the loss, a moving teacher, raw
-trajectories instead of extracted knowledge, knowledge in context only) once per seed with
-the warmed tiny model, then prints the held-out pass rate per round, without knowledge and with the
-round's knowledge in the teacher's prompt (pi_{r-1}, measured before consolidation), the
-reply's length without knowledge (tokens per turn: a one-word reply is 4, a reply that no longer ends
-runs to the 8-token limit), the knowledge items the round's model wrote (summed over its streams:
-0 means the round has nothing to consolidate, and keeps the previous round's model), and out-of-domain
-retention: the round's model, without knowledge, on the recipe's ``oel.ood.games`` (the demo's: the
-other held-out families), pass rate and valid-action rate averaged over those entries; each as mean ±
-standard deviation over the seeds (per seed in brackets). The online mode (``oel-cpu-demo-online``) is not
-a row: on this one-turn game it trains on exactly the replay mode's samples (the same games, the same
-opening prompts and sampling seeds), so its numbers are OEL's.
+trajectories instead of extracted knowledge, knowledge in context only) once per seed with the warmed
+tiny model, and OEL on the multi-turn corridor (``oel-cpu-corridor``, with the warm build's corridor
+variant, ``warm-corridor``), then prints the held-out pass rate per round, without knowledge and with
+the round's knowledge in the teacher's prompt (pi_{r-1}, measured before consolidation), the reply's
+length without knowledge (tokens per turn: a one-word reply is 4, a reply that no longer ends runs to
+the 8-token limit), the turns and response tokens per game without knowledge (the multi-turn corridor's
+shorter play), the knowledge items the round's model wrote (summed over its streams: 0 means the round
+has nothing to consolidate, and keeps the previous round's model), and out-of-domain retention: the
+round's model, without knowledge, on the recipe's ``oel.ood.games`` (the demo's: the other held-out
+families), pass rate and valid-action rate averaged over those entries; each as mean ± standard
+deviation over the seeds (per seed in brackets). The online mode (``oel-cpu-demo-online``) is not a row:
+on this one-turn game it trains on exactly the replay mode's samples (the same games, the same opening
+prompts and sampling seeds), so its numbers are OEL's.
 
-    python examples/oel_cpu_ablations.py                   # 5 recipes x 3 seeds, about 60 min on 2 cores
+    python examples/oel_cpu_ablations.py                   # 6 recipes x 3 seeds, about 75 min on 2 cores
     python examples/oel_cpu_ablations.py --seeds 0 --recipes oel-cpu-demo
+    python examples/oel_cpu_ablations.py --recipes oel-cpu-corridor   # the multi-turn corridor, ~12 min
 
 Each run is ``verl-oel train`` in its own directory under ``--run-dir``: rerunning the script resumes
 unfinished runs and only re-reads finished ones. The table is also written to ``RUN_DIR/table.md``.
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from verl_oel.atomic_io import write_text_atomic
-from verl_oel.models.warm import build_warm_model
+from verl_oel.models.warm import CORRIDOR_SPEC, build_warm_model
 from verl_oel.oel import RunLayout, load_round_eval
 from verl_oel.oel.run_state import read_run_spec
 
@@ -41,7 +44,10 @@ METHODS = {
     "oel-cpu-demo-moving-teacher": "moving teacher",
     "oel-cpu-demo-raw-trajectories": "raw trajectories",
     "oel-cpu-demo-in-context": "in context only",
+    "oel-cpu-corridor": "OEL, multi-turn corridor",
 }
+# The recipes that play the multi-turn corridor: the warm build with its corridor phase (``warm-corridor``).
+CORRIDOR_RECIPES = {"oel-cpu-corridor"}
 
 
 def run(recipe: str, seed: int, model: Path, run_dir: Path) -> None:
@@ -79,6 +85,8 @@ class RoundResult(NamedTuple):
     knowledge_items: int | None  # None in round 0
     ood_pass: float | None = None  # None: the run measured no OOD games
     ood_valid: float | None = None
+    turns_per_game: float | None = None  # None: an eval.json from before they were measured
+    response_tokens_per_game: float | None = None
 
 
 def round_results(run_dir: Path) -> list[RoundResult]:
@@ -94,6 +102,8 @@ def round_results(run_dir: Path) -> list[RoundResult]:
             e.knowledge_items,
             statistics.mean(r.pass_rate for r in e.ood) if e.ood else None,
             statistics.mean(r.valid_action_rate for r in e.ood) if e.ood else None,
+            e.turns_per_game,
+            e.response_tokens_per_game,
         )
         for e in evals
     ]
@@ -111,12 +121,13 @@ def cell(values: list[float | None], scale: float = 100.0, digits: int = 0) -> s
 
 def table(results: dict[str, dict[int, list[RoundResult]]], seeds: list[int]) -> str:
     lines = [
-        f"Held-out pass rate (%), tokens per turn, items written and out-of-domain rates (%), mean ± sd "
-        f"over seeds {seeds} (per seed in brackets)",
+        f"Held-out pass rate (%), tokens per turn, turns and response tokens per game, items written and "
+        f"out-of-domain rates (%), mean ± sd over seeds {seeds} (per seed in brackets)",
         "",
         "| method | round | pass rate without knowledge | with knowledge in context (teacher) "
-        "| tokens/turn without | items written | OOD pass rate | OOD valid actions |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tokens/turn without | turns/game without | response tokens/game without | items written "
+        "| OOD pass rate | OOD valid actions |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for recipe, by_seed in results.items():
         rounds = len(next(iter(by_seed.values())))
@@ -125,15 +136,16 @@ def table(results: dict[str, dict[int, list[RoundResult]]], seeds: list[int]) ->
             without = cell([r.without_knowledge for r in results_of_round])
             within = cell([r.with_knowledge for r in results_of_round])
             tokens = cell([r.tokens_per_turn for r in results_of_round], scale=1.0, digits=1)
+            turns = cell([r.turns_per_game for r in results_of_round], scale=1.0, digits=1)
+            game_tokens = cell([r.response_tokens_per_game for r in results_of_round], scale=1.0, digits=1)
             items = cell([r.knowledge_items for r in results_of_round], scale=1.0)
             ood = [
                 cell([r.ood_pass for r in results_of_round]),
                 cell([r.ood_valid for r in results_of_round]),
             ]
             lines.append(
-                f"| {METHODS[recipe]} | {round} | {without} | {within} | {tokens} | {items} | "
-                + " | ".join(ood)
-                + " |"
+                f"| {METHODS[recipe]} | {round} | {without} | {within} | {tokens} | {turns} | {game_tokens} "
+                f"| {items} | " + " | ".join(ood) + " |"
             )
     return "\n".join(lines)
 
@@ -146,10 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", type=Path, default=None, help="the warm model (default: built into RUN_DIR)"
     )
+    parser.add_argument(
+        "--corridor-model",
+        type=Path,
+        default=None,
+        help="the corridor recipe's warm build (default: `warm-corridor`, built into RUN_DIR)",
+    )
     args = parser.parse_args(argv)
-    model = args.model or build_warm_model(args.run_dir / "models" / "warm", seed=0)
     results: dict[str, dict[int, list[RoundResult]]] = {}
     for recipe in args.recipes:
+        if recipe in CORRIDOR_RECIPES:
+            model = args.corridor_model or build_warm_model(
+                args.run_dir / "models" / "warm-corridor", seed=0, spec=CORRIDOR_SPEC
+            )
+        else:
+            model = args.model or build_warm_model(args.run_dir / "models" / "warm", seed=0)
         print(f"{METHODS[recipe]} ({recipe}):", file=sys.stderr, flush=True)
         for seed in args.seeds:
             run_dir = args.run_dir / recipe / f"seed{seed}"

@@ -3,7 +3,8 @@
 The agent loop plays the game and reports the outcome in its extra fields, which verl's
 reward managers merge into ``extra_info``; the score is 1.0 for a win and 0.0 otherwise
 (FrozenLake's partial reward for reaching a hole is not a pass). The other keys are logged
-by verl as reward extra info: per-episode turns, invalid actions, tokens per turn. IFBench rows (no game)
+by verl as reward extra info: per-episode turns, invalid actions, tokens per turn, response
+tokens per game (summed over its turns). IFBench rows (no game)
 pass when their reply follows every instruction of the prompt.
 """
 
@@ -49,4 +50,5 @@ def compute_score(
         "turns": float(info.get("oel_turns", 0)),
         "invalid_actions": float(info.get("oel_invalid_actions", 0)),
         "tokens_per_turn": float(info.get("oel_tokens_per_turn", 0.0)),
+        "response_tokens": float(info.get("oel_response_tokens", 0)),
     }

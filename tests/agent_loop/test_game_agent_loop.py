@@ -46,6 +46,8 @@ def test_masks_mark_exactly_the_model_tokens(tokenizer):
         text = tokenizer.decode(ids)
         assert "<|im_start|>user" in text and text.endswith("<|im_start|>assistant\n")
     assert output.extra_fields["oel_turns"] == len(model_runs)
+    # The game's response tokens are the model tokens, summed over its turns.
+    assert output.extra_fields["oel_response_tokens"] == sum(map(len, model_runs)) > 0
     # Sampled log-probs travel with the model tokens; environment tokens carry none (0.0).
     logprobs = output.response_logprobs
     assert logprobs is not None and len(logprobs) == len(output.response_mask)

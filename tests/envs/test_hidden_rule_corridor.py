@@ -36,14 +36,23 @@ def test_registered_and_settings_are_checked():
 
 def test_same_seed_same_corridor_in_any_process():
     game = make_game(GAME, family="ship")
-    first = game.reset(7)
+    game.reset(7)
+    first = game.turn_prompt()
     rooms = []
     while game.outcome is None:
         rooms.append(game.doors)
         game.step(f"[{game.exit_sign}]")
-    again = make_game(GAME, family="ship")
-    assert again.reset(7) == first and again.reset(8) != first
-    code = f"from verl_oel.envs import make_game\nprint(make_game({GAME!r}, family='ship').reset(7), end='')"
+
+    def opening(seed: int) -> str:
+        again = make_game(GAME, family="ship")
+        again.reset(seed)
+        return again.turn_prompt()
+
+    assert opening(7) == first and opening(8) != first
+    code = (
+        f"from verl_oel.envs import make_game\ng = make_game({GAME!r}, family='ship')\ng.reset(7)\n"
+        "print(g.turn_prompt(), end='')"
+    )
     other = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -96,8 +105,27 @@ def test_a_locked_door_costs_a_turn_and_keeps_the_room():
     assert game.room_index == 0 and game.doors == doors
     assert "Turn 2 of 7" in game.turn_prompt()
     result = game.step("[ship]")
-    assert not result.done and game.room_index == 1 and "room 2 of 3" in result.observation
-    assert game.doors != doors
+    assert not result.done and game.room_index == 1 and "into room 2." in result.observation
+    assert game.doors != doors and "room 2 of 3" in game.turn_prompt()
+
+
+def test_the_turn_prompt_logs_every_turn_then_shows_the_room_the_player_is_in():
+    """The log holds each action and the game's answer; the doors listed are the current room's only,
+    once, after the log (the prompt's footer), so the reply chooses from the last doors the prompt lists."""
+    game = make_game(GAME, family="ship")
+    game.reset(3)
+    first_room = game.doors
+    game.step(f"[{_door_of(game, wanted=False)}]")
+    game.step("[ship]")
+    prompt = game.turn_prompt()
+    log, room = prompt.split("\n\nYou are in room 2 of 3, with 5 doors:\n")
+    assert log.startswith("You stand at the start of a corridor of 3 rooms.")
+    assert "Turn 1, your action: [" in log and "is locked; you stay in room 1." in log
+    assert "Turn 2, your action: [ship]\nYou open the door marked [ship] and walk on into room 2." in log
+    assert "door marked" not in log.replace("The door marked", "").replace("open the door marked", "")
+    doors = "\n".join(f"- a {colour} door marked [{sign}]" for colour, sign in game.doors)
+    assert room == doors + "\n\nTurn 3 of 7. Your action?"
+    assert game.doors != first_room
 
 
 @pytest.mark.parametrize("reply", ["", "I open the ship door", "[dragon]", "<think>[ship]</think>"])

@@ -46,7 +46,7 @@ def test_foreign_folder_is_an_error_exit_not_a_traceback(capsys, tmp_path):
 
 def test_seed_is_refused_for_smollm2(capsys, tmp_path):
     assert run_build_model(_parse("smollm2", "--out", str(tmp_path / "m"), "--seed", "1")) == 1
-    assert "tiny model only" in capsys.readouterr().err
+    assert "applies to the tiny and warm models" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 

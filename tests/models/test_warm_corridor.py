@@ -1,24 +1,24 @@
-"""The warm-up's corridor examples (``WarmModelSpec.corridor_share``): turn prompts from inside a multi-turn
-corridor game with their targets, whole corridor games as extraction records, and a default build that
-draws none of them and keeps its cache key; and the probe that plays whole corridor games."""
+"""The warm-up's third phase (``verl_oel/models/warm/corridor_data.py``): copies across a game log, turn
+prompts from inside a multi-turn corridor game with their targets, whole corridor games as extraction
+records; and the probe that plays whole corridor games."""
 
+import collections
 import random
 import re
 
 import pytest
 
-from verl_oel.envs.hidden_rule import SIGNS
+from verl_oel.envs.hidden_rule import HELD_OUT_FAMILIES
 from verl_oel.knowledge import DEFAULT_MARKER
 from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer
-from verl_oel.models.warm import (
-    GREEDY,
-    WarmModelSpec,
-    extraction_example,
-    game_example,
-    play_corridor_games,
-    rule_item,
+from verl_oel.models.warm import GREEDY, WarmModelSpec, play_corridor_games, rule_item
+from verl_oel.models.warm.corridor_data import (
+    corridor_extraction_example,
+    corridor_turn_example,
+    log_copy_example,
 )
-from verl_oel.models.warm.spec import spec_settings
+from verl_oel.models.warm.data import copy_words
+from verl_oel.models.warm.spec import CORRIDOR_SPEC, PHASE_3_FIELDS, spec_settings
 
 CORRIDOR = "You are playing Corridor."
 ROOM = re.compile(r"You are in room (\d) of 3, with \d doors:\n((?:- a \w+ door marked \[\w+\]\n?)+)")
@@ -30,40 +30,41 @@ def tokenizer():
     return build_qwen_prefix_tokenizer(spec.vocab_size, spec.max_position_embeddings)
 
 
+@pytest.fixture(scope="module")
+def words(tokenizer):
+    pool = copy_words(tokenizer, WarmModelSpec().extra_copy_words)
+    return [word for word in pool if word not in HELD_OUT_FAMILIES]
+
+
 def _decoded(tokenizer, example) -> tuple[str, str]:
     prompt, reply = example
     return tokenizer.decode(prompt), tokenizer.decode(reply, skip_special_tokens=True)
 
 
-def test_the_default_build_keeps_its_cache_key_and_a_corridor_build_gets_its_own():
-    default = spec_settings(WarmModelSpec())
-    assert "corridor_share" not in default and "corridor_door_counts" not in default
-    corridor = spec_settings(WarmModelSpec(corridor_share=0.5))
-    assert corridor["corridor_share"] == 0.5 and tuple(corridor["corridor_door_counts"]) == (4, 5)
-    assert WarmModelSpec.from_dict(default) == WarmModelSpec()
-    assert WarmModelSpec.from_dict(corridor) == WarmModelSpec(corridor_share=0.5)
+def test_log_copies_answer_the_knowledges_sign_across_a_log(tokenizer, words):
+    rng = random.Random(0)
+    logged = 0
+    for _ in range(200):
+        prompt, reply = _decoded(tokenizer, log_copy_example(rng, words, tokenizer))
+        knowledge, rest = prompt.split("\n\n", 1)
+        rule = re.search(r"\[(\w+)\]", knowledge).group(1)
+        assert reply.strip() == f"[{rule}]"
+        room_doors = re.findall(r"door marked \[(\w+)\]\n?", rest.split("Turn 1,")[-1])
+        assert rule in room_doors
+        logged += "Turn 1, your action:" in rest
+    assert logged > 120  # most hold a log (0-6 turns)
 
 
-def test_a_share_of_0_draws_no_corridor_example_and_no_random_number_for_it(tokenizer):
-    """The default build's examples are those of the build before the corridor existed: the same random
-    stream gives the same examples whatever the corridor's other settings."""
-    spec, other = WarmModelSpec(), WarmModelSpec(corridor_door_counts=(9,))
-    for make in (game_example, extraction_example):
-        first = [make(random.Random(seed), spec, tokenizer) for seed in range(40)]
-        again = [make(random.Random(seed), other, tokenizer) for seed in range(40)]
-        assert first == again
-        assert not any(CORRIDOR in _decoded(tokenizer, example)[0] for example in first)
-
-
-def test_corridor_turn_prompts_answer_the_rule_with_knowledge_and_the_rooms_first_door_without(tokenizer):
-    spec = WarmModelSpec(corridor_share=1.0)
+def test_corridor_turn_prompts_answer_the_rule_with_knowledge_and_the_first_door_without(tokenizer, words):
+    spec = WarmModelSpec()
     rng = random.Random(0)
     with_knowledge = without = later_rooms = 0
     for _ in range(150):
-        prompt, reply = _decoded(tokenizer, game_example(rng, spec, tokenizer))
+        prompt, reply = _decoded(tokenizer, corridor_turn_example(rng, spec, tokenizer, words))
         assert CORRIDOR in prompt
         rooms = ROOM.findall(prompt)
-        number, doors = rooms[-1]  # the room the player is in: the last one the log shows
+        assert len(rooms) == 1  # only the room the player is in lists doors
+        number, doors = rooms[0]
         signs = re.findall(r"\[(\w+)\]", doors)
         later_rooms += number != "1"
         if "EXPERIENCE ITEM" in prompt and "doors lead" in prompt:
@@ -74,34 +75,51 @@ def test_corridor_turn_prompts_answer_the_rule_with_knowledge_and_the_rooms_firs
             assert reply.strip() == f"[{signs[0]}]"
             without += 1
         assert "You win" not in prompt and "no turns left" not in prompt  # never past the game's end
-    assert with_knowledge > 60 and without > 20 and later_rooms > 40
+    assert with_knowledge > 60 and without > 40 and later_rooms > 40
 
 
-def test_every_corridor_turn_prompt_is_of_a_running_game(tokenizer):
+def test_every_corridor_turn_prompt_is_of_a_running_game(tokenizer, words):
     """A move that names the exit in the last room ends the game, whichever way it was drawn (the exit, a
     door of the room, a random sign): the example stops before it. 2,000 examples over many random
-    streams (a build once died here at phase 2's step ~200: "the game is over")."""
-    spec = WarmModelSpec(corridor_share=1.0)
+    streams (a build once died on it: "the game is over")."""
+    spec = WarmModelSpec()
     for seed in range(40):
         rng = random.Random(seed)
         for _ in range(50):
-            prompt, _ = _decoded(tokenizer, game_example(rng, spec, tokenizer))
+            prompt, _ = _decoded(tokenizer, corridor_turn_example(rng, spec, tokenizer, words))
             assert "You win" not in prompt and "no turns left" not in prompt
 
 
-def test_corridor_extraction_records_are_whole_games_and_name_the_rule(tokenizer):
-    spec = WarmModelSpec(corridor_share=1.0)
+def test_corridor_extraction_records_are_whole_games_whose_players_repeat_another_sign(tokenizer, words):
+    """The target is the plaque's sign; the player's most frequent reply is mostly another sign, so copying
+    the player's reply does not lower the loss."""
+    spec = WarmModelSpec()
     rng = random.Random(1)
-    won = lost = 0
-    for _ in range(40):
-        prompt, target = _decoded(tokenizer, extraction_example(rng, spec, tokenizer))
+    won = lost = habit_is_not_the_rule = 0
+    for _ in range(60):
+        prompt, target = _decoded(tokenizer, corridor_extraction_example(rng, spec, tokenizer, words))
         assert CORRIDOR in prompt
         plaque = re.search(r"the plaque says \[(\w+)\] doors lead out", prompt)
-        assert plaque and plaque.group(1) in SIGNS
+        assert plaque
         assert target == f"{DEFAULT_MARKER} {rule_item(plaque.group(1))}"
+        replies = re.findall(r"You replied:\n\[(\w+)\]", prompt)
+        most, _ = collections.Counter(replies).most_common(1)[0] if replies else (None, 0)
+        habit_is_not_the_rule += most != plaque.group(1)
         won += "walked out of the last room" in prompt
         lost += "ran out of turns" in prompt
-    assert won > 5 and lost > 5
+    assert won > 5 and lost > 5 and habit_is_not_the_rule > 30
+
+
+def test_relabelled_corridor_examples_never_name_a_held_out_family(tokenizer, words):
+    """Every sign is renamed to a word drawn without the held-out families: no corridor example the
+    warm-up trains on is, or shows, a held-out family's game."""
+    spec = WarmModelSpec(relabel_share=1.0)
+    rng = random.Random(2)
+    for _ in range(60):
+        for make in (corridor_turn_example, corridor_extraction_example):
+            prompt, reply = _decoded(tokenizer, make(rng, spec, tokenizer, words))
+            named = set(re.findall(r"\[(\w+)\]", prompt + reply))
+            assert named and not named & set(HELD_OUT_FAMILIES)
 
 
 def test_the_probe_plays_whole_corridor_games_turn_by_turn(tiny_model_dir):
@@ -118,3 +136,32 @@ def test_the_probe_plays_whole_corridor_games_turn_by_turn(tiny_model_dir):
         assert result["won"] == ("You win!" in result["observations"][-1])
         assert 0 <= result["invalid_turns"] <= result["turns"]
         assert result["reason"].endswith("the plaque says [ship] doors lead out")
+
+
+def test_the_default_build_keeps_its_cache_key_and_the_corridor_build_gets_its_own():
+    """Phase 3 off: no phase-3 field in the cache key (the build from before phase 3 existed, whose cached
+    folder is found); ``CORRIDOR_SPEC`` records them all; both read back from what the key records."""
+    default = spec_settings(WarmModelSpec())
+    assert not set(PHASE_3_FIELDS) & set(default)
+    corridor = spec_settings(CORRIDOR_SPEC)
+    assert set(PHASE_3_FIELDS) <= set(corridor)
+    assert (corridor["log_copy_steps"], corridor["corridor_steps"]) == (200, 200)
+    assert WarmModelSpec.from_dict(default) == WarmModelSpec()
+    assert WarmModelSpec.from_dict(corridor) == CORRIDOR_SPEC
+
+
+def test_build_model_warm_corridor_builds_the_corridor_spec(capsys, tmp_path, monkeypatch):
+    """``verl-oel build-model warm-corridor`` asks for ``CORRIDOR_SPEC`` (``warm``: the default spec); the
+    build itself (~25 minutes) is replaced by a recorder: what is checked is the dispatch."""
+    import argparse
+
+    import verl_oel.models.warm as warm
+    from verl_oel.models.build import add_build_model_args, run_build_model
+
+    asked = []
+    monkeypatch.setattr(warm, "build_warm_model", lambda out, seed, spec, force: asked.append(spec) or out)
+    parser = argparse.ArgumentParser()
+    add_build_model_args(parser)
+    for kind in ("warm-corridor", "warm"):
+        assert run_build_model(parser.parse_args([kind, "--out", str(tmp_path / kind)])) == 0
+    assert asked == [CORRIDOR_SPEC, None]

@@ -52,6 +52,8 @@ def evals(base: float, after: float, tokens: float, items: int = 2, with_ood: bo
             num_games=32,
             pass_rate_no_knowledge=after,
             tokens_per_turn=tokens,
+            turns_per_game=tokens / 4,
+            response_tokens_per_game=tokens * tokens / 4,
             pass_rate_with_knowledge=1.0,
             knowledge_items=items,
             ood=ood((0.0, 0.25), (0.125, 0.5)) if with_ood else (),
@@ -68,15 +70,17 @@ def test_table_reads_finished_runs_and_gives_mean_sd_and_each_seed(tmp_path):
     }
     results = {"oel-cpu-demo": {seed: script.round_results(path) for seed, path in runs.items()}}
     # The OOD columns average the entries: pass (0 + 0.125) / 2, valid actions (0.25 + 0.5) / 2.
-    assert results["oel-cpu-demo"][1][1] == script.RoundResult(1.0, 1.0, 8.0, 0, 0.0625, 0.375)
-    assert results["oel-cpu-demo"][2][1] == script.RoundResult(1.0, 1.0, 4.0, 2, None, None)
+    assert results["oel-cpu-demo"][1][1] == script.RoundResult(1.0, 1.0, 8.0, 0, 0.0625, 0.375, 2.0, 16.0)
+    assert results["oel-cpu-demo"][2][1] == script.RoundResult(1.0, 1.0, 4.0, 2, None, None, 1.0, 4.0)
 
     lines = script.table(results, [0, 1]).splitlines()
     assert "seeds [0, 1]" in lines[0]
     assert lines[-2:] == [
-        "| OEL | 0 | 22 ± 4 (25, 19) | - | 4.0 ± 0.0 (4.0, 4.0) | - | 25 ± 0 (25, 25) | 75 ± 0 (75, 75) |",
-        "| OEL | 1 | 97 ± 4 (94, 100) | 100 ± 0 (100, 100) | 6.0 ± 2.8 (4.0, 8.0) | 1 ± 1 (2, 0) "
-        "| 6 ± 0 (6, 6) | 38 ± 0 (38, 38) |",
+        # Round 0's eval.json holds no turns per game (written before they were measured): "-".
+        "| OEL | 0 | 22 ± 4 (25, 19) | - | 4.0 ± 0.0 (4.0, 4.0) | - | - | - | 25 ± 0 (25, 25) "
+        "| 75 ± 0 (75, 75) |",
+        "| OEL | 1 | 97 ± 4 (94, 100) | 100 ± 0 (100, 100) | 6.0 ± 2.8 (4.0, 8.0) | 1.5 ± 0.7 (1.0, 2.0) "
+        "| 10.0 ± 8.5 (4.0, 16.0) | 1 ± 1 (2, 0) | 6 ± 0 (6, 6) | 38 ± 0 (38, 38) |",
     ]
     # A run without OOD games shows "-" there.
     assert script.table(results, [2]).splitlines()[-1].endswith("| 2 ± 0 (2) | - | - |")

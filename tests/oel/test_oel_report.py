@@ -36,8 +36,12 @@ EVALS = {
         num_games=128,
         pass_rate_no_knowledge=0.214,
         tokens_per_turn=640.5,
+        turns_per_game=4.25,
+        response_tokens_per_game=2722.1,
         pass_rate_with_knowledge=0.182,
         tokens_per_turn_with_knowledge=700.0,
+        turns_per_game_with_knowledge=3.0,
+        response_tokens_per_game_with_knowledge=2100.0,
         knowledge_items=34,
         in_context_curve=(
             InContextPoint(games=0, pass_rate=0.075),
@@ -81,10 +85,11 @@ def test_report_tables_every_round_with_its_numbers(tmp_path):
     assert "Base model `/models/qwen3-4b-instruct`, 3 rounds, seed 0, skipped stages: none." in markdown
     assert '- `oel.loss`: `"topk_reverse_kl"`' in markdown
     assert "dtype" not in markdown  # only the highlighted settings; run.json keeps the rest
-    assert "| 0 (base) | done | 128 | 7.5% | – | 812.0 | – | – |" in markdown
-    assert "| 1 | done | 128 | 21.4% | 18.2% | 640.5 | 34 | 0.41 → 0.11 (50) |" in markdown
-    assert "| 2 | done | 128 | 27.0% | 25.0% | 590.0 | 41 | 0.2 → 0.05 (50) |" in markdown
-    assert "| 3 | not started | – | – | – | – | – | – |" in markdown
+    # Round 0 and 2 were written before turns and tokens per game were measured: "–".
+    assert "| 0 (base) | done | 128 | 7.5% | – | 812.0 | – | – | – | – |" in markdown
+    assert "| 1 | done | 128 | 21.4% | 18.2% | 640.5 | 4.2 | 2722.1 | 34 | 0.41 → 0.11 (50) |" in markdown
+    assert "| 2 | done | 128 | 27.0% | 25.0% | 590.0 | – | – | 41 | 0.2 → 0.05 (50) |" in markdown
+    assert "| 3 | not started | – | – | – | – | – | – | – | – |" in markdown
     assert "- round 1: 0 games 7.5%, 16 games 12.5%" in markdown
     assert (
         "| round | teacher_refresh | extraction | in_context | deployment | consolidation | evaluation | "
@@ -139,6 +144,7 @@ def test_eval_json_round_trips_and_bad_fields_are_named(tmp_path):
         ({"knowledge_items": "34"}, r"field 'knowledge_items' is '34'; expected int"),
         ({"consolidation": {"kl_first": 0.4, "steps": 5}}, r"missing field 'consolidation.kl_last'"),
         ({"tokens_per_turn": True}, r"field 'tokens_per_turn' is True; expected float"),
+        ({"turns_per_game": "4.25"}, r"field 'turns_per_game' is '4.25'; expected float"),
     ):
         path.write_text(json.dumps({**document, **change}))
         with pytest.raises(EvalFormatError, match=message):
@@ -300,7 +306,7 @@ def test_a_round_whose_extraction_wrote_nothing_shows_no_knowledge_numbers(tmp_p
                 save_round_eval(state.layout, EVALS[0] if step.round == 0 else empty)
             state.mark_done(*step, {"seconds": 90.0})
     markdown = render_report(run_dir).markdown.read_text()
-    assert "| 1 | done | 32 | 25.0% | – (no knowledge) | 12.0 | 0 |" in markdown
+    assert "| 1 | done | 32 | 25.0% | – (no knowledge) | 12.0 | – | – | 0 |" in markdown
     assert "## In-context learning during extraction" not in markdown
     assert ("| 0 | skipped (no knowledge) |" in markdown) == skipped
     record = json.loads((run_dir / "report.json").read_text())["rounds"][1]["eval"]

@@ -11,7 +11,13 @@ def test_smoke_reward_is_one_for_the_word_and_graded_otherwise():
 
 
 def test_game_reward_is_the_pass_and_logs_the_episode():
-    info = {"oel_won": True, "oel_turns": 3, "oel_invalid_actions": 1, "oel_tokens_per_turn": 12.5}
+    info = {
+        "oel_won": True,
+        "oel_turns": 3,
+        "oel_invalid_actions": 1,
+        "oel_tokens_per_turn": 12.5,
+        "oel_response_tokens": 37,
+    }
     result = game.compute_score("verl_oel/frozenlake", "", "", info)
     assert result == {
         "score": 1.0,
@@ -19,6 +25,7 @@ def test_game_reward_is_the_pass_and_logs_the_episode():
         "turns": 3.0,
         "invalid_actions": 1.0,
         "tokens_per_turn": 12.5,
+        "response_tokens": 37.0,
     }
     assert game.compute_score("verl_oel/frozenlake", "", "", {"oel_won": False})["score"] == 0.0
 

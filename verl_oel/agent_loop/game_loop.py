@@ -97,6 +97,7 @@ class EpisodeRecord:
             "oel_turns": self.turns,
             "oel_invalid_actions": self.invalid_actions,
             "oel_tokens_per_turn": sum(tokens) / len(tokens) if tokens else 0.0,
+            "oel_response_tokens": sum(tokens),
             "oel_truncated": self.truncated,
             "oel_turn_prompts": self.turn_prompts,
             "oel_replies": self.replies,

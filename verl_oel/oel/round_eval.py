@@ -11,6 +11,11 @@
       "pass_rate_with_knowledge": 0.182,       # or null: the round's TEACHER, pi_{r-1} with one stream
                                                # of round r's knowledge in its prompt (null in round 0)
       "tokens_per_turn_with_knowledge": 530.0, # or null, same evaluation as the line above
+      "turns_per_game": 6.8,                   # or null (*): mean turns per game, pi_r, no knowledge
+      "response_tokens_per_game": 2801.0,      # or null (*): mean response tokens per game (summed
+                                               # over its turns), same evaluation
+      "turns_per_game_with_knowledge": 3.1,    # or null (*): the same two for the teacher's evaluation
+      "response_tokens_per_game_with_knowledge": 1643.0,
       "knowledge_items": 34,                   # or null: items kept, summed over the round's streams
       "in_context_curve": [                    # may be empty: pi_{r-1}'s pass rate with the knowledge
         {"games": 0, "pass_rate": 0.075},      # as it stood after `games` extraction games
@@ -32,6 +37,9 @@
         "max_tokens": 1024                     # each reply's token cap
       }
     }
+
+(*) null in an eval.json written before they were measured. A game's turns count every reply (an
+invalid one too); a won game ends early, so fewer turns per game is the shorter play the paper reports.
 
 ``valid_action_rate`` is the fraction of the games' turns whose reply was a legal action. The IFBench
 responses and per-instruction verdicts are in the evaluation stage's ``ifbench.json``
@@ -127,6 +135,10 @@ class RoundEval:
     tokens_per_turn: float
     pass_rate_with_knowledge: float | None = None
     tokens_per_turn_with_knowledge: float | None = None
+    turns_per_game: float | None = None
+    response_tokens_per_game: float | None = None
+    turns_per_game_with_knowledge: float | None = None
+    response_tokens_per_game_with_knowledge: float | None = None
     knowledge_items: int | None = None
     in_context_curve: tuple[InContextPoint, ...] = ()
     consolidation: ConsolidationSummary | None = None
@@ -186,6 +198,10 @@ class RoundEval:
                 ("tokens_per_turn", float),
                 ("pass_rate_with_knowledge", float, None),
                 ("tokens_per_turn_with_knowledge", float, None),
+                ("turns_per_game", float, None),
+                ("response_tokens_per_game", float, None),
+                ("turns_per_game_with_knowledge", float, None),
+                ("response_tokens_per_game_with_knowledge", float, None),
                 ("knowledge_items", int, None),
                 ("consolidation_skipped", str, None),
             )

@@ -273,6 +273,8 @@ class OELTrainer(ConsolidationTrainer):
         return {
             "pass_rate": validation_metric(metrics, source, "pass"),
             "tokens_per_turn": validation_metric(metrics, source, "tokens_per_turn"),
+            "turns_per_game": validation_metric(metrics, source, "turns"),
+            "response_tokens_per_game": validation_metric(metrics, source, "response_tokens"),
             "model_fingerprint": self.actor_rollout_wg.actor_fingerprint()[0],
         }
 
@@ -360,6 +362,8 @@ class OELTrainer(ConsolidationTrainer):
             num_games=self.loop.evaluation.games,
             pass_rate_no_knowledge=result["pass_rate"],
             tokens_per_turn=result["tokens_per_turn"],
+            turns_per_game=result["turns_per_game"],
+            response_tokens_per_game=result["response_tokens_per_game"],
             ood=ood,
             ifbench=ifbench,
         )
@@ -503,6 +507,13 @@ class OELTrainer(ConsolidationTrainer):
             tokens_per_turn=result["tokens_per_turn"],
             pass_rate_with_knowledge=with_knowledge["pass_rate"] if with_knowledge else None,
             tokens_per_turn_with_knowledge=with_knowledge["tokens_per_turn"] if with_knowledge else None,
+            turns_per_game=result["turns_per_game"],
+            response_tokens_per_game=result["response_tokens_per_game"],
+            # A run resumed from before these were measured has an in_context summary without them.
+            turns_per_game_with_knowledge=with_knowledge.get("turns_per_game") if with_knowledge else None,
+            response_tokens_per_game_with_knowledge=(
+                with_knowledge.get("response_tokens_per_game") if with_knowledge else None
+            ),
             knowledge_items=sum(extraction["items"]),
             in_context_curve=tuple(InContextPoint(games=i + 1, pass_rate=p) for i, p in enumerate(curve)),
             consolidation=ConsolidationSummary(

@@ -62,10 +62,11 @@ from verl_oel.models.warm.probes import (
     play_games,
 )
 from verl_oel.models.warm.prompts import extraction_messages, game_messages
-from verl_oel.models.warm.spec import GAME, WARM_VERSION, WarmModelSpec, rule_item
+from verl_oel.models.warm.spec import CORRIDOR_SPEC, GAME, WARM_VERSION, WarmModelSpec, rule_item
 from verl_oel.models.warm.train import build_warm_model, train_warm_model
 
 __all__ = [
+    "CORRIDOR_SPEC",
     "EVAL_SAMPLING",
     "GAME",
     "GREEDY",

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from verl_oel.envs import HiddenRuleCorridorGame, make_game
+from verl_oel.envs import make_game
 from verl_oel.envs.hidden_rule import (
     COLOURS,
     DEAD_END_REASON,
@@ -16,13 +16,11 @@ from verl_oel.envs.hidden_rule import (
     WARM_FAMILIES,
     WIN_REASON,
     HiddenRuleGame,
-    parse_last_sign,
     rule_text,
 )
 from verl_oel.knowledge import DEFAULT_MARKER, render_items
 from verl_oel.models.warm.prompts import extraction_messages, game_messages, prompt_ids, reply_ids
 from verl_oel.models.warm.spec import (
-    CORRIDOR_GAME,
     GAME,
     OTHER_ITEMS,
     RULE_PHRASINGS,
@@ -31,16 +29,29 @@ from verl_oel.models.warm.spec import (
 )
 
 
-def _random_knowledge(rng: random.Random, sign: str | None) -> str:
+def rule_phrasing(rng: random.Random) -> str:
+    """A phrasing of the rule, with ``{sign}`` to fill: the extractor's own most often (it is what the OEL
+    loop puts in the knowledge)."""
+    return rng.choice([RULE_PHRASINGS[0]] * 4 + list(RULE_PHRASINGS[1:]))
+
+
+def random_knowledge(rng: random.Random, sign: str | None) -> str:
     """Rendered knowledge: the rule of ``sign`` (1-2 phrasings), mixed with 0-3 unrelated items."""
     items = []
     if sign is not None:
-        # The extractor's own phrasing most often: it is what the OEL loop puts in the knowledge.
-        phrasings = [RULE_PHRASINGS[0]] * 4 + list(RULE_PHRASINGS[1:])
-        items += [rng.choice(phrasings).format(sign=sign) for _ in range(rng.choice((1, 1, 1, 2)))]
+        items += [rule_phrasing(rng).format(sign=sign) for _ in range(rng.choice((1, 1, 1, 2)))]
     items += rng.sample(OTHER_ITEMS, rng.choice((0, 0, 1, 2, 3)))
     rng.shuffle(items)
     return render_items(items)
+
+
+def knowledge_so_far(rng: random.Random, sign: str) -> str:
+    """An extraction prompt's knowledge so far: none (half the time), the rule among other items, or
+    other items only."""
+    roll = rng.random()
+    if roll < 0.5:
+        return ""
+    return random_knowledge(rng, sign if roll < 0.8 else None)
 
 
 def _new_game(rng: random.Random, spec: WarmModelSpec, family: str) -> tuple[HiddenRuleGame, str]:
@@ -48,45 +59,16 @@ def _new_game(rng: random.Random, spec: WarmModelSpec, family: str) -> tuple[Hid
     return game, game.reset(rng.randrange(2**31))
 
 
-def _corridor_move(rng: random.Random, game: HiddenRuleCorridorGame) -> str:
-    """A reply a player may give in a corridor room: the exit, a locked door, or no door of the room."""
-    roll = rng.random()
-    if roll < 0.4:
-        return f" [{game.exit_sign}]"
-    if roll < 0.9:
-        return f" [{rng.choice(game.doors)[1]}]"
-    return rng.choice(("", "I open a door.", "[", f"[{rng.choice(SIGNS)}]"))
-
-
-def _corridor_in_play(rng: random.Random, spec: WarmModelSpec, family: str) -> HiddenRuleCorridorGame:
-    """A corridor game of ``family`` after a random number of moves that do not end it."""
-    game = make_game(CORRIDOR_GAME, family=family, num_doors=rng.choice(spec.corridor_door_counts))
-    game.reset(rng.randrange(2**31))
-    for _ in range(rng.randrange(game.max_turns)):
-        move = _corridor_move(rng, game)
-        last_room = game.room_index == game.settings.num_rooms - 1
-        # Any move naming the exit sign wins in the last room (a "locked door" drawn from the room's doors
-        # or a random sign can be the exit too): the game must still be running for its turn prompt.
-        if len(game.history) + 1 == game.max_turns or (last_room and parse_last_sign(move) == game.exit_sign):
-            break  # that move would end the game: stop before it
-        game.step(move)
-    return game
-
-
 def game_example(
     rng: random.Random, spec: WarmModelSpec, tokenizer: Any, words: Sequence[str] = ()
 ) -> tuple[list[int], list[int]]:
     """One turn prompt and its target reply: the rule's sign with knowledge, the first door listed
-    without (in a corridor, ``corridor_share`` of the examples: the first door of the room the player is
-    in, so a player without the rule stays stuck at a locked door until it learns the rule)."""
-    if spec.corridor_share and rng.random() < spec.corridor_share:
-        game = _corridor_in_play(rng, spec, rng.choice(spec.families))
-    else:
-        game, _ = _new_game(rng, spec, rng.choice(spec.families))
+    without."""
+    game, _ = _new_game(rng, spec, rng.choice(spec.families))
     if rng.random() < spec.knowledge_share:
-        knowledge, reply = _random_knowledge(rng, game.exit_sign), f" [{game.exit_sign}]"
+        knowledge, reply = random_knowledge(rng, game.exit_sign), f" [{game.exit_sign}]"
     else:
-        knowledge = _random_knowledge(rng, None) if rng.random() < 0.1 else ""
+        knowledge = random_knowledge(rng, None) if rng.random() < 0.1 else ""
         # The first door listed: the game shuffles its doors, so this player wins at chance.
         reply = f" [{game.doors[0][1]}]"
     messages = game_messages(game, knowledge)
@@ -109,29 +91,15 @@ def _played_reply(rng: random.Random, game: HiddenRuleGame) -> str:
 def extraction_example(
     rng: random.Random, spec: WarmModelSpec, tokenizer: Any, words: Sequence[str] = ()
 ) -> tuple[list[int], list[int]]:
-    """One extraction prompt (a played game, the stream's knowledge so far) and the rule's item; in
-    ``corridor_share`` of the examples the game is a whole corridor game."""
-    corridor = bool(spec.corridor_share) and rng.random() < spec.corridor_share
-    if corridor:
-        game = make_game(
-            CORRIDOR_GAME, family=rng.choice(spec.families), num_doors=rng.choice(spec.corridor_door_counts)
-        )
-        first = game.reset(rng.randrange(2**31))
-    else:
-        game, first = _new_game(rng, spec, rng.choice(spec.families))
+    """One extraction prompt (a played game, the stream's knowledge so far) and the rule's item."""
+    game, first = _new_game(rng, spec, rng.choice(spec.families))
     observations, replies = [first], []
     while game.outcome is None:
-        reply = _corridor_move(rng, game) if corridor else _played_reply(rng, game)
+        reply = _played_reply(rng, game)
         result = game.step(reply)
         observations.append(result.observation)
         replies.append(reply)
-    roll = rng.random()
-    if roll < 0.5:
-        knowledge = ""
-    elif roll < 0.8:
-        knowledge = _random_knowledge(rng, game.exit_sign)
-    else:
-        knowledge = _random_knowledge(rng, None)
+    knowledge = knowledge_so_far(rng, game.exit_sign)
     messages = extraction_messages(
         game.instruction, observations, replies, game.outcome.won, game.outcome.reason, knowledge
     )
@@ -166,7 +134,7 @@ def copy_words(tokenizer: Any, extra_words: int) -> tuple[str, ...]:
     return tuple(SIGNS) + tuple(random.Random("warm/copy-words").sample(others, extra_words))
 
 
-def _synthetic_room(rng: random.Random, words: Sequence[str], answer: str) -> tuple[list[str], str]:
+def synthetic_room(rng: random.Random, words: Sequence[str], answer: str) -> tuple[list[str], str]:
     """A room's signs (``answer`` among them; others may be any sign, held-out ones included) and text."""
     count = rng.randint(2, 5)
     pool = [w for w in rng.sample(words, count + 2) if w != answer]
@@ -187,10 +155,9 @@ def copy_example(
     """A short synthetic prompt whose answer copies a sign: the knowledge's rule (``knowledge``), any
     door of the room (``door``), or the plaque's sign into an item (``plaque``)."""
     answer = rng.choice(words)
-    signs, room = _synthetic_room(rng, words, answer)
+    signs, room = synthetic_room(rng, words, answer)
     if kind == "knowledge":
-        phrasings = [RULE_PHRASINGS[0]] * 4 + list(RULE_PHRASINGS[1:])
-        items = [rng.choice(phrasings).format(sign=answer) for _ in range(rng.choice((1, 1, 1, 2)))]
+        items = [rule_phrasing(rng).format(sign=answer) for _ in range(rng.choice((1, 1, 1, 2)))]
         items += rng.sample(OTHER_ITEMS, rng.choice((0, 0, 1, 2)))
         rng.shuffle(items)
         head = rng.choice(("Experiential knowledge from earlier games:\n", ""))

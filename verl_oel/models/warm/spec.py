@@ -1,4 +1,4 @@
-"""What the warm build is: its version, its knowledge phrasings and its two supervised phases' settings."""
+"""What the warm build is: its version, its knowledge phrasings and its three supervised phases' settings."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def rule_item(sign: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class WarmModelSpec:
-    """The warm model's shape (the tiny model's by default) and its two supervised phases.
+    """The warm model's shape (the tiny model's by default) and its three supervised phases.
 
     Phase 1 (``copy_steps``) trains on SHORT synthetic prompts built from the same lines the real
     prompts hold around a sign (door lines, knowledge items, the record's reply and result line), over
@@ -55,6 +55,8 @@ class WarmModelSpec:
     (``steps``) trains on exactly the pipeline's prompts of the WARM families, still mixed with some
     synthetic examples (``copy_batch_late``); in ``relabel_share`` of its examples every sign is renamed
     to a random word, so that copying, not remembering the 26 warm signs, is what lowers the loss.
+    Phase 3 (``log_copy_steps``, then ``corridor_steps``) adds the multi-turn corridor of the warm
+    families, whose turn prompts hold a game log (``corridor_data.py``).
     """
 
     model: TinyModelSpec = TinyModelSpec()
@@ -80,13 +82,23 @@ class WarmModelSpec:
     relabel_share: float = 0.8
     door_counts: tuple[int, ...] = (3, 4, 4, 5)
     families: tuple[str, ...] = WARM_FAMILIES
-    # Share of phase 2's game and extraction examples drawn from the multi-turn corridor
-    # (``hidden-rule-corridor``, warm families only): a turn prompt at a random point of a game (the
-    # game log so far), or a whole corridor game's record. 0, the default build, draws none (and no
-    # random number for it: the default build's bytes and cache key are those of the build without it).
-    # Measured at 0.5 (seed 0, 2026-12-07): worse on every corridor skill than the default build (README,
-    # "A multi-turn game"); kept as the lever for the warm build the corridor still needs.
-    corridor_share: float = 0.0
+    # Phase 3, the multi-turn corridor (``corridor_data.py``), after phases 1 and 2 (drawing half of phase
+    # 2's examples from the corridor instead was measured worse on every corridor skill, README "A
+    # multi-turn game"): ``log_copy_steps`` of short copies with a game log between the knowledge and the
+    # room, then ``corridor_steps`` of corridor turn prompts and game records mixed with phase 2's examples.
+    # Off (0 steps) in the default build, whose bytes and cache key stay those of the build without it
+    # (``spec_settings``); on in ``CORRIDOR_SPEC``, the corridor recipe's build (``warm-corridor``).
+    log_copy_steps: int = 0
+    log_copy_batch: int = 24
+    log_copy_lr: float = 2e-3
+    corridor_steps: int = 0
+    corridor_lr: float = 1e-3
+    corridor_warmup_steps: int = 10
+    corridor_batch: int = 8
+    corridor_extraction_batch: int = 4
+    log_copy_batch_late: int = 4
+    # Share of corridor turn prompts WITH the rule in the knowledge (the rest: the room's first door).
+    corridor_knowledge_share: float = 0.6
     corridor_door_counts: tuple[int, ...] = (4, 5)
 
     @classmethod
@@ -103,11 +115,35 @@ class WarmModelSpec:
         )
 
 
+PHASE_3_FIELDS = (
+    "log_copy_steps",
+    "log_copy_batch",
+    "log_copy_lr",
+    "corridor_steps",
+    "corridor_lr",
+    "corridor_warmup_steps",
+    "corridor_batch",
+    "corridor_extraction_batch",
+    "log_copy_batch_late",
+    "corridor_knowledge_share",
+    "corridor_door_counts",
+)
+
+# The corridor recipe's warm build (``verl-oel build-model warm-corridor``): the default build's two
+# phases, then phase 3 (measured: README, "A multi-turn game").
+CORRIDOR_SPEC = WarmModelSpec(log_copy_steps=200, corridor_steps=200)
+
+
+def has_phase_3(spec: WarmModelSpec) -> bool:
+    return spec.log_copy_steps > 0 or spec.corridor_steps > 0
+
+
 def spec_settings(spec: WarmModelSpec) -> dict[str, Any]:
-    """The spec as the build's cache key records it: ``dataclasses.asdict``, without the corridor's fields
-    while ``corridor_share`` is 0 (such a build draws no corridor example, so it is the build from before
-    those fields existed, and keeps that build's key and cached folder)."""
+    """The spec as the build's cache key records it: ``dataclasses.asdict``, without phase 3's fields when
+    the build has no phase 3 (it draws no example and no random number for it, so it is the build from
+    before phase 3 existed, and keeps that build's key and cached folder)."""
     settings = dataclasses.asdict(spec)
-    if spec.corridor_share == 0:
-        del settings["corridor_share"], settings["corridor_door_counts"]
+    if not has_phase_3(spec):
+        for name in PHASE_3_FIELDS:
+            del settings[name]
     return settings

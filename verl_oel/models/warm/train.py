@@ -13,7 +13,7 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,20 @@ from verl_oel.models.build_folder import (
     tiny_config,
 )
 from verl_oel.models.tokenizer import build_qwen_prefix_tokenizer, qwen_vocab_sha256
+from verl_oel.models.warm.corridor_data import (
+    corridor_extraction_example,
+    corridor_turn_example,
+    log_copy_example,
+)
 from verl_oel.models.warm.data import copy_batches, copy_words, extraction_example, game_example
-from verl_oel.models.warm.spec import BUILD_THREADS, GAME, WARM_VERSION, WarmModelSpec, spec_settings
+from verl_oel.models.warm.spec import (
+    BUILD_THREADS,
+    GAME,
+    WARM_VERSION,
+    WarmModelSpec,
+    has_phase_3,
+    spec_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +230,60 @@ def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 50) -> tup
             pad_id,
             log_every,
         )
+        if has_phase_3(spec):
+            _run_corridor_phase(model, spec, rng, tokenizer, words, game_words, log_every)
         model.eval()
     return model, tokenizer
+
+
+def _run_corridor_phase(
+    model: Any,
+    spec: WarmModelSpec,
+    rng: random.Random,
+    tokenizer: Any,
+    words: Sequence[str],
+    game_words: Sequence[str],
+    log_every: int,
+) -> None:
+    """Phase 3 (``corridor_data.py``): the multi-turn corridor of the warm families."""
+    pad_id = tokenizer.pad_token_id
+    # Phase 3a: short copies of the knowledge's sign across a game log.
+    _run_phase(
+        "log copy",
+        model,
+        spec.log_copy_steps,
+        spec.log_copy_lr,
+        spec.corridor_warmup_steps,
+        spec,
+        lambda: [
+            [log_copy_example(rng, words, tokenizer) for _ in range(spec.log_copy_batch)],
+            *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
+        ],
+        pad_id,
+        log_every,
+    )
+    # Phase 3b: corridor turns and records, with phase 2's one-turn examples.
+    _run_phase(
+        "corridor",
+        model,
+        spec.corridor_steps,
+        spec.corridor_lr,
+        spec.corridor_warmup_steps,
+        spec,
+        lambda: [
+            [corridor_turn_example(rng, spec, tokenizer, game_words) for _ in range(spec.corridor_batch)],
+            [game_example(rng, spec, tokenizer, game_words) for _ in range(spec.game_batch)],
+            [extraction_example(rng, spec, tokenizer, game_words) for _ in range(spec.extraction_batch)],
+            [
+                corridor_extraction_example(rng, spec, tokenizer, game_words)
+                for _ in range(spec.corridor_extraction_batch)
+            ],
+            *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
+            [log_copy_example(rng, words, tokenizer) for _ in range(spec.log_copy_batch_late)],
+        ],
+        pad_id,
+        log_every,
+    )
 
 
 def build_warm_model(
