@@ -28,6 +28,10 @@ others; see ``copy_words``): answer the knowledge item's sign, any door's sign, 
 as an item. The second phase trains on the pipeline's prompts of the warm families, mixed with a few
 synthetic examples.
 
+A third phase, off in the default build (``warm-corridor`` turns it on: ``spec.CORRIDOR_SPEC``), adds the
+multi-turn ``hidden-rule-corridor`` of the warm families, whose turn prompts hold a game log
+(``corridor_data.py``).
+
 The extraction skill depends on the seed (measured): seed 0 writes the held-out rule from 40/40 games;
 seed 1 from 19/40 lost games (it copies another bracketed word of the record, such as its own reply's).
 
