@@ -14,6 +14,11 @@ at random each turn wins 16 % of games in 6.8 turns on average (2.3 times the mi
 never retries a locked door wins 29 % in 6.7 turns (3,000 seeds; ``tests/envs/test_hidden_rule_corridor.py``
 measures both on 1,000). The action is a sign in brackets, and only the last bracketed word of the answer
 counts; a reply naming no door of the current room is an invalid action and spends a turn.
+
+Each turn prompt holds the game log (every action and the game's answer), then the room the player is in,
+listed once (the prompt's footer): the doors a reply chooses from are the last ones the prompt lists. With
+each answer listing its room instead, the room the player was in stood somewhere in the log, and the warmed
+tiny model stopped following the rule in its prompt after the first room (README, "A multi-turn game").
 """
 
 from __future__ import annotations
