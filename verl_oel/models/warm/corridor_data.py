@@ -17,16 +17,10 @@ from typing import Any
 
 from verl_oel.envs import HiddenRuleCorridorGame, make_game
 from verl_oel.envs.hidden_rule import SIGNS, parse_last_sign
-from verl_oel.knowledge import DEFAULT_MARKER, render_items
-from verl_oel.models.warm.data import (
-    knowledge_so_far,
-    random_knowledge,
-    relabel,
-    rule_phrasing,
-    synthetic_room,
-)
-from verl_oel.models.warm.prompts import extraction_messages, game_messages, prompt_ids, reply_ids
-from verl_oel.models.warm.spec import CORRIDOR_GAME, OTHER_ITEMS, WarmModelSpec, rule_item
+from verl_oel.knowledge import render_items
+from verl_oel.models.warm.data import record_example, rule_phrasing, synthetic_room, turn_example
+from verl_oel.models.warm.prompts import prompt_ids, reply_ids
+from verl_oel.models.warm.spec import CORRIDOR_GAME, OTHER_ITEMS, WarmModelSpec
 
 
 def _synthetic_log(rng: random.Random, words: Sequence[str], answer: str) -> str:
@@ -95,16 +89,7 @@ def corridor_turn_example(
     the knowledge (``corridor_knowledge_share``), else the first door of the room the player is in (so a
     player without the rule retries a locked door until it learns the rule: it rarely wins, slowly)."""
     game = _corridor_in_play(rng, spec, rng.choice(spec.families))
-    if rng.random() < spec.corridor_knowledge_share:
-        knowledge, reply = random_knowledge(rng, game.exit_sign), f" [{game.exit_sign}]"
-    else:
-        knowledge = random_knowledge(rng, None) if rng.random() < 0.1 else ""
-        reply = f" [{game.doors[0][1]}]"
-    messages = game_messages(game, knowledge)
-    game.close()
-    if rng.random() < spec.relabel_share:
-        messages, reply = relabel(rng, words, (messages, reply), SIGNS)
-    return prompt_ids(tokenizer, messages), reply_ids(tokenizer, reply)
+    return turn_example(rng, spec, tokenizer, words, game, spec.corridor_knowledge_share)
 
 
 def _habit_move(rng: random.Random, game: HiddenRuleCorridorGame, habit: str) -> str:
@@ -128,19 +113,6 @@ def corridor_extraction_example(
     must copy the plaque's sign, not the player's."""
     family, doors = rng.choice(spec.families), rng.choice(spec.corridor_door_counts)
     game = make_game(CORRIDOR_GAME, family=family, num_doors=doors)
-    observations = [game.reset(rng.randrange(2**31))]
+    first = game.reset(rng.randrange(2**31))
     habit = rng.choice(SIGNS) if rng.random() < 0.5 else rng.choice(words)
-    replies = []
-    while game.outcome is None:
-        reply = _habit_move(rng, game, habit)
-        observations.append(game.step(reply).observation)
-        replies.append(reply)
-    knowledge = knowledge_so_far(rng, game.exit_sign)
-    messages = extraction_messages(
-        game.instruction, observations, replies, game.outcome.won, game.outcome.reason, knowledge
-    )
-    target = f"{DEFAULT_MARKER} {rule_item(game.exit_sign)}"
-    game.close()
-    if rng.random() < spec.relabel_share:
-        messages, target = relabel(rng, words, (messages, target), SIGNS)
-    return prompt_ids(tokenizer, messages), reply_ids(tokenizer, target)
+    return record_example(rng, spec, tokenizer, words, game, first, lambda: _habit_move(rng, game, habit))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from verl_oel.envs import make_game
@@ -65,11 +65,24 @@ def game_example(
     """One turn prompt and its target reply: the rule's sign with knowledge, the first door listed
     without."""
     game, _ = _new_game(rng, spec, rng.choice(spec.families))
-    if rng.random() < spec.knowledge_share:
+    return turn_example(rng, spec, tokenizer, words, game, spec.knowledge_share)
+
+
+def turn_example(
+    rng: random.Random,
+    spec: WarmModelSpec,
+    tokenizer: Any,
+    words: Sequence[str],
+    game: Any,
+    knowledge_share: float,
+) -> tuple[list[int], list[int]]:
+    """The running ``game``'s turn prompt (which it then closes) and its target: the rule's sign with the
+    rule in the knowledge (``knowledge_share`` of the examples), else the first door listed (the game
+    shuffles its doors, so this player wins at chance); signs renamed in ``relabel_share`` of them."""
+    if rng.random() < knowledge_share:
         knowledge, reply = random_knowledge(rng, game.exit_sign), f" [{game.exit_sign}]"
     else:
         knowledge = random_knowledge(rng, None) if rng.random() < 0.1 else ""
-        # The first door listed: the game shuffles its doors, so this player wins at chance.
         reply = f" [{game.doors[0][1]}]"
     messages = game_messages(game, knowledge)
     game.close()
@@ -93,11 +106,25 @@ def extraction_example(
 ) -> tuple[list[int], list[int]]:
     """One extraction prompt (a played game, the stream's knowledge so far) and the rule's item."""
     game, first = _new_game(rng, spec, rng.choice(spec.families))
+    return record_example(rng, spec, tokenizer, words, game, first, lambda: _played_reply(rng, game))
+
+
+def record_example(
+    rng: random.Random,
+    spec: WarmModelSpec,
+    tokenizer: Any,
+    words: Sequence[str],
+    game: Any,
+    first: str,
+    next_reply: Callable[[], str],
+) -> tuple[list[int], list[int]]:
+    """The extraction prompt of ``game`` (just reset, showing ``first``) played to its end with
+    ``next_reply()``, the stream's knowledge so far, and the rule's item (signs renamed in
+    ``relabel_share`` of them); the game is closed."""
     observations, replies = [first], []
     while game.outcome is None:
-        reply = _played_reply(rng, game)
-        result = game.step(reply)
-        observations.append(result.observation)
+        reply = next_reply()
+        observations.append(game.step(reply).observation)
         replies.append(reply)
     knowledge = knowledge_so_far(rng, game.exit_sign)
     messages = extraction_messages(
