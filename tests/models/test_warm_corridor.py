@@ -110,6 +110,25 @@ def test_corridor_extraction_records_are_whole_games_whose_players_repeat_anothe
     assert won > 5 and lost > 5 and habit_is_not_the_rule > 30
 
 
+def test_stubborn_players_name_one_wrong_sign_every_turn_and_lose_in_the_first_room(tokenizer, words):
+    """``corridor_stubborn_share`` of the records are what the warmed model's own games without the rule
+    look like: the same sign (a locked door of room 1, or no door) on all 7 turns, never the rule's, and a
+    lost game that never left room 1; the target is still the plaque's sign."""
+    spec = WarmModelSpec(corridor_stubborn_share=1.0, relabel_share=0.0)
+    rng = random.Random(3)
+    locked_doors = no_door = 0
+    for _ in range(60):
+        prompt, target = _decoded(tokenizer, corridor_extraction_example(rng, spec, tokenizer, words))
+        plaque = re.search(r"the plaque says \[(\w+)\] doors lead out", prompt).group(1)
+        assert target == f"{DEFAULT_MARKER} {rule_item(plaque)}"
+        replies = re.findall(r"You replied:\n\[(\w+)\]", prompt)
+        assert len(replies) == 7 and len(set(replies)) == 1 and replies[0] != plaque
+        assert "ran out of turns" in prompt and "walk on into room" not in prompt
+        locked_doors += "is locked; you stay in room 1" in prompt
+        no_door += "No door in this room is marked like that" in prompt
+    assert locked_doors > 15 and no_door > 15  # both habits, about half each
+
+
 def test_relabelled_corridor_examples_never_name_a_held_out_family(tokenizer, words):
     """Every sign is renamed to a word drawn without the held-out families: no corridor example the
     warm-up trains on is, or shows, a held-out family's game."""

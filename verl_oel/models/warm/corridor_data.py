@@ -108,11 +108,18 @@ def _habit_move(rng: random.Random, game: HiddenRuleCorridorGame, habit: str) ->
 def corridor_extraction_example(
     rng: random.Random, spec: WarmModelSpec, tokenizer: Any, words: Sequence[str]
 ) -> tuple[list[int], list[int]]:
-    """A whole corridor game's extraction prompt and the rule's item. The player mostly repeats one sign
-    (a door's or any word), so the record's most frequent bracketed word is rarely the rule's: the item
-    must copy the plaque's sign, not the player's."""
+    """A whole corridor game's extraction prompt and the rule's item. The player repeats one sign: every
+    turn (``corridor_stubborn_share`` of the records: a locked door of the first room or no door at all,
+    so it loses in the first room, as a warmed player without the rule does) or half the turns. Either way
+    the record's most frequent bracketed word is rarely the rule's: the item must copy the plaque's sign,
+    not the player's."""
     family, doors = rng.choice(spec.families), rng.choice(spec.corridor_door_counts)
     game = make_game(CORRIDOR_GAME, family=family, num_doors=doors)
     first = game.reset(rng.randrange(2**31))
+    if rng.random() < spec.corridor_stubborn_share:
+        locked = [sign for _, sign in game.doors if sign != game.exit_sign]
+        pool = [word for word in words if word != game.exit_sign]
+        habit = rng.choice(locked) if rng.random() < 0.5 else rng.choice(pool)
+        return record_example(rng, spec, tokenizer, words, game, first, lambda: f" [{habit}]")
     habit = rng.choice(SIGNS) if rng.random() < 0.5 else rng.choice(words)
     return record_example(rng, spec, tokenizer, words, game, first, lambda: _habit_move(rng, game, habit))
