@@ -171,7 +171,7 @@ def test_the_default_build_keeps_its_cache_key_and_the_corridor_build_gets_its_o
 
 def test_build_model_warm_corridor_builds_the_corridor_spec(capsys, tmp_path, monkeypatch):
     """``verl-oel build-model warm-corridor`` asks for ``CORRIDOR_SPEC`` (``warm``: the default spec); the
-    build itself (~25 minutes) is replaced by a recorder: what is checked is the dispatch."""
+    build itself (~55 minutes) is replaced by a recorder: what is checked is the dispatch."""
     import argparse
 
     import verl_oel.models.warm as warm
