@@ -168,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[int, list[RoundResult]]] = {}
     for recipe in args.recipes:
         if recipe in CORRIDOR_RECIPES:
+            # Its third phase continues the warm build the other recipes build by default (found there
+            # when they ran first).
             model = args.corridor_model or build_warm_model(
-                args.run_dir / "models" / "warm-corridor", seed=0, spec=CORRIDOR_SPEC
+                args.run_dir / "models" / "warm-corridor",
+                seed=0,
+                spec=CORRIDOR_SPEC,
+                warm_dir=args.run_dir / "models" / "warm",
             )
         else:
             model = args.model or build_warm_model(args.run_dir / "models" / "warm", seed=0)

@@ -3,6 +3,7 @@ prompts from inside a multi-turn corridor game with their targets, whole corrido
 records; and the probe that plays whole corridor games."""
 
 import collections
+import os
 import random
 import re
 
@@ -178,9 +179,112 @@ def test_build_model_warm_corridor_builds_the_corridor_spec(capsys, tmp_path, mo
     from verl_oel.models.build import add_build_model_args, run_build_model
 
     asked = []
-    monkeypatch.setattr(warm, "build_warm_model", lambda out, seed, spec, force: asked.append(spec) or out)
+
+    def recorder(out, seed, spec=None, force=False, warm_dir=None):
+        asked.append((spec, warm_dir))
+        return out
+
+    monkeypatch.setattr(warm, "build_warm_model", recorder)
     parser = argparse.ArgumentParser()
     add_build_model_args(parser)
     for kind in ("warm-corridor", "warm"):
         assert run_build_model(parser.parse_args([kind, "--out", str(tmp_path / kind)])) == 0
-    assert asked == [CORRIDOR_SPEC, None]
+    assert (
+        run_build_model(parser.parse_args(["warm-corridor", "--out", "c", "--warm", str(tmp_path / "w")]))
+        == 0
+    )
+    assert asked == [(CORRIDOR_SPEC, None), (None, None), (CORRIDOR_SPEC, tmp_path / "w")]
+    # --warm names the build that the corridor's phase 3 continues: refused for any other kind.
+    assert run_build_model(parser.parse_args(["warm", "--out", "x", "--warm", str(tmp_path / "w")])) == 1
+    assert "--warm applies to the warm-corridor model" in capsys.readouterr().err
+    assert len(asked) == 3
+
+
+# A shortened corridor build: a few steps of every phase, a few examples of every kind.
+SHORT_CORRIDOR_SPEC = WarmModelSpec(
+    copy_steps=2,
+    copy_batch=8,
+    steps=2,
+    game_batch=2,
+    extraction_batch=1,
+    copy_batch_late=4,
+    log_copy_steps=2,
+    log_copy_batch=4,
+    corridor_steps=2,
+    corridor_batch=2,
+    corridor_extraction_batch=2,
+    log_copy_batch_late=1,
+)
+
+# In a process with the build's pinned kernels: all phases in one training run (the reference that the
+# build continuing a saved warm build must equal), then phase 3 continuing the warm build in argv[2]
+# WITHOUT replaying phases 1-2's draws (the control). One line of tensor digests each.
+PINNED_RUNS = """
+import hashlib, json, sys, torch
+from pathlib import Path
+from verl_oel.models.warm import WarmModelSpec, train_warm_model
+from verl_oel.models.warm import train
+torch.backends.mkldnn.enabled = False  # as the build's process
+spec = WarmModelSpec.from_dict(json.loads(sys.argv[1]))
+def digests(model):
+    return {name: hashlib.sha256(t.numpy().tobytes()).hexdigest() for name, t in model.state_dict().items()}
+print(json.dumps(digests(train_warm_model(spec, 5, log_every=0)[0])))
+train._replay_draws = lambda phase, log_every: None
+print(json.dumps(digests(train_warm_model(spec, 5, log_every=0, phases_1_2_from=Path(sys.argv[2]))[0])))
+"""
+
+
+def _tensor_digests(folder) -> dict[str, str]:
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    return {name: hashlib.sha256(t.numpy().tobytes()).hexdigest() for name, t in load_file(folder).items()}
+
+
+def test_the_corridor_build_continues_the_warm_build_and_equals_one_run_of_all_phases(tmp_path):
+    """Phase 3 starts from the saved warm build of the same seed (built first beside it, then reused),
+    with phases 1-2's example draws replayed: the weights are the bytes of one run of all three phases
+    (without the replay, the control, phase 3 draws other examples and trains other weights)."""
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    from verl_oel.models.build_folder import BUILD_INFO_FILE
+    from verl_oel.models.warm import build_warm_model
+    from verl_oel.models.warm.train import PINNED_NUMERICS
+
+    corridor = build_warm_model(tmp_path / "corridor", seed=5, spec=SHORT_CORRIDOR_SPEC)
+    warm = tmp_path / "warm-seed5"  # the default place: beside it, named by the seed
+    info = json.loads((warm / BUILD_INFO_FILE).read_text())
+    assert info["settings"]["seed"] == 5 and not set(PHASE_3_FIELDS) & set(info["settings"]["spec"])
+    proc = subprocess.run(
+        [sys.executable, "-c", PINNED_RUNS, json.dumps(dataclasses.asdict(SHORT_CORRIDOR_SPEC)), str(warm)],
+        env={**os.environ, **PINNED_NUMERICS},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one_run, without_replay = (json.loads(line) for line in proc.stdout.splitlines()[-2:])
+    continued = _tensor_digests(corridor / "model.safetensors")
+    assert continued == {name: one_run[name] for name in continued}
+    assert continued != {name: without_replay[name] for name in continued}
+    # Phase 3 trained: its weights are not the warm build's.
+    warm_weights = _tensor_digests(warm / "model.safetensors")
+    assert all(warm_weights[name] != continued[name] for name in continued)
+    # A second corridor build (another folder) reuses the warm build: its folder is not rewritten.
+    stamp = (warm / "model.safetensors").stat().st_mtime_ns
+    again = build_warm_model(tmp_path / "corridor-again", seed=5, spec=SHORT_CORRIDOR_SPEC, warm_dir=warm)
+    assert (warm / "model.safetensors").stat().st_mtime_ns == stamp
+    assert _tensor_digests(again / "model.safetensors") == continued
+
+
+def test_the_corridor_build_refuses_to_continue_a_warm_build_in_its_own_folder(tmp_path):
+    from verl_oel.models import BuildModelError
+    from verl_oel.models.warm import build_warm_model
+
+    with pytest.raises(BuildModelError, match="needs its own folder"):
+        build_warm_model(tmp_path / "c", seed=5, spec=SHORT_CORRIDOR_SPEC, warm_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()

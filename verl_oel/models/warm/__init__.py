@@ -30,7 +30,8 @@ synthetic examples.
 
 A third phase, off in the default build (``warm-corridor`` turns it on: ``spec.CORRIDOR_SPEC``), adds the
 multi-turn ``hidden-rule-corridor`` of the warm families, whose turn prompts hold a game log
-(``corridor_data.py``).
+(``corridor_data.py``). It continues the saved default build of the same seed (built first if missing),
+replaying the first two phases' example draws without training: the bytes of one run of all phases.
 
 The extraction skill depends on the seed (measured): seed 0 writes the held-out rule from 40/40 games;
 seed 1 from 19/40 lost games (it copies another bracketed word of the record, such as its own reply's).

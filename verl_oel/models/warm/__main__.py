@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", required=True, help="WarmModelSpec as JSON (dataclasses.asdict)")
     parser.add_argument("--out", type=Path, required=True, help="an existing empty folder to save into")
     parser.add_argument(
+        "--phases-1-2-from",
+        type=Path,
+        default=None,
+        help="the saved build of this seed and spec without phase 3, to continue instead of retraining",
+    )
+    parser.add_argument(
         "--expect-pinned", action="store_true", help="exit with an error unless the numerics are pinned"
     )
     args = parser.parse_args(argv)
@@ -40,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
             )
     # oneDNN picks its kernels by CPU too; the fp32 build does not need it (measured: same bytes).
     torch.backends.mkldnn.enabled = False
-    model, tokenizer = train_warm_model(WarmModelSpec.from_dict(json.loads(args.spec)), args.seed)
+    spec = WarmModelSpec.from_dict(json.loads(args.spec))
+    model, tokenizer = train_warm_model(spec, args.seed, phases_1_2_from=args.phases_1_2_from)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     # Which bytes this CPU built: the one line to compare when two machines' behaviour tests disagree.

@@ -134,9 +134,10 @@ PHASE_3_FIELDS = (
 )
 
 # The corridor recipe's warm build (``verl-oel build-model warm-corridor``): the default build's two
-# phases, then phase 3 (measured: README, "A multi-turn game"), with 8 corridor records a step, not 4: what
-# the extractor must learn there is the model's own lost games (``corridor_stubborn_share``), and a
-# fine-tune from the build with 4 reached 66 % on them after 100 steps, 97 % with 8 after 200.
+# phases (its saved weights: ``build_warm_model``'s ``warm_dir``), then phase 3 (measured: README, "A
+# multi-turn game"), with 8 corridor records a step, not 4: what the extractor must learn there is the
+# model's own lost games (``corridor_stubborn_share``), and a fine-tune from the build with 4 reached 66 %
+# on them after 100 steps, 97 % with 8 after 200.
 CORRIDOR_SPEC = WarmModelSpec(log_copy_steps=200, corridor_steps=200, corridor_extraction_batch=8)
 
 

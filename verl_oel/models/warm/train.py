@@ -13,11 +13,12 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 import transformers
 
@@ -141,20 +142,22 @@ def _new_model(spec: TinyModelSpec, tokenizer: Any) -> transformers.Qwen3ForCaus
     return transformers.Qwen3ForCausalLM(tiny_config(spec, tokenizer))
 
 
-def _run_phase(
-    name: str,
-    model: Any,
-    steps: int,
-    lr: float,
-    warmup_steps: int,
-    spec: WarmModelSpec,
-    draw: Any,
-    pad_id: int,
-    log_every: int,
-) -> None:
-    """AdamW with warm-up and cosine decay over ``steps``; ``draw()`` gives a step's example groups."""
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+    """One supervised phase: AdamW over ``steps`` steps, each on the example groups ``draw()`` gives."""
+
+    name: str
+    steps: int
+    lr: float
+    warmup_steps: int
+    draw: Callable[[], list[list[tuple[list[int], list[int]]]]]
+
+
+def _run_phase(phase: _Phase, model: Any, spec: WarmModelSpec, pad_id: int, log_every: int) -> None:
+    """AdamW with warm-up and cosine decay over the phase's steps."""
+    steps, warmup_steps = phase.steps, phase.warmup_steps
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay
+        model.parameters(), lr=phase.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay
     )
 
     def schedule(step: int) -> float:
@@ -166,10 +169,10 @@ def _run_phase(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     running, note = [], ""
     # A bar on a terminal, else four lines (25/50/75/100%): the build is short on the demo's console.
-    progress = StepProgress(f"warm-up {name}", steps) if log_every else None
+    progress = StepProgress(f"warm-up {phase.name}", steps) if log_every else None
     for step in range(steps):
         total, count, parts = torch.zeros(()), 0, []
-        for examples in draw():
+        for examples in phase.draw():
             if examples:
                 loss, n = _reply_loss(model, _collate(examples, pad_id))
                 total, count = total + loss, count + n
@@ -191,106 +194,145 @@ def _run_phase(
         progress.close()
 
 
-def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 50) -> tuple[Any, Any]:
-    """Runs the supervised phases in memory; returns (model, tokenizer). Deterministic per seed."""
+def train_warm_model(
+    spec: WarmModelSpec, seed: int, log_every: int = 50, phases_1_2_from: Path | None = None
+) -> tuple[Any, Any]:
+    """Runs the supervised phases in memory; returns (model, tokenizer). Deterministic per seed.
+
+    With ``phases_1_2_from`` (the saved build of this seed and spec without phase 3) phases 1 and 2 are
+    not trained again: their weights are loaded and their example draws replayed without training, so
+    that phase 3 draws what it would after training them, and the result is the same bytes."""
     tokenizer = build_qwen_prefix_tokenizer(spec.model.vocab_size, spec.model.max_position_embeddings)
     words = copy_words(tokenizer, spec.extra_copy_words)
     # Renamed games never turn into a held-out family's game: no held-out sign replaces a warm one.
     game_words = [word for word in words if word not in HELD_OUT_FAMILIES]
     rng = random.Random(f"warm/{seed}")
     pad_id = tokenizer.pad_token_id
-    with _deterministic_torch(seed):
-        model = _new_model(spec.model, tokenizer)
-        model.train()
+    phases = [
         # Phase 1: short synthetic copies (knowledge / door / plaque).
-        _run_phase(
+        _Phase(
             "copy",
-            model,
             spec.copy_steps,
             spec.copy_lr,
             spec.warmup_steps,
-            spec,
             lambda: copy_batches(rng, words, tokenizer, spec.copy_batch),
-            pad_id,
-            log_every,
-        )
+        ),
         # Phase 2: the pipeline's prompts (games / extraction / knowledge / door / plaque).
-        _run_phase(
+        _Phase(
             "prompts",
-            model,
             spec.steps,
             spec.lr,
             spec.warmup_steps,
-            spec,
             lambda: [
                 [game_example(rng, spec, tokenizer, game_words) for _ in range(spec.game_batch)],
                 [extraction_example(rng, spec, tokenizer, game_words) for _ in range(spec.extraction_batch)],
                 *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
             ],
-            pad_id,
-            log_every,
-        )
+        ),
+    ]
+    with _deterministic_torch(seed):
+        model = _new_model(spec.model, tokenizer)
+        model.train()
+        if phases_1_2_from is None:
+            for phase in phases:
+                _run_phase(phase, model, spec, pad_id, log_every)
+        else:
+            _load_weights(model, phases_1_2_from)
+            for phase in phases:
+                _replay_draws(phase, log_every)
         if has_phase_3(spec):
-            _run_corridor_phase(model, spec, rng, tokenizer, words, game_words, log_every)
+            for phase in _corridor_phases(spec, rng, tokenizer, words, game_words):
+                _run_phase(phase, model, spec, pad_id, log_every)
         model.eval()
     return model, tokenizer
 
 
-def _run_corridor_phase(
-    model: Any,
+def _load_weights(model: Any, folder: Path) -> None:
+    """Copies a saved build's weights into ``model`` (same shape), bit for bit."""
+    state = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # The output projection is tied to the embedding, so the file holds it once.
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise BuildModelError(
+            f"{folder} is not a warm build of this shape (missing {missing}, unexpected {unexpected})"
+        )
+
+
+def _replay_draws(phase: _Phase, log_every: int) -> None:
+    """Draws a phase's examples without training on them: the data generator's random state after it."""
+    progress = StepProgress(f"warm-up {phase.name} (replaying its draws)", phase.steps) if log_every else None
+    for step in range(phase.steps):
+        phase.draw()
+        if progress is not None:
+            progress.update(step + 1, "")
+    if progress is not None:
+        progress.close()
+
+
+def _corridor_phases(
     spec: WarmModelSpec,
     rng: random.Random,
     tokenizer: Any,
     words: Sequence[str],
     game_words: Sequence[str],
-    log_every: int,
-) -> None:
+) -> list[_Phase]:
     """Phase 3 (``corridor_data.py``): the multi-turn corridor of the warm families."""
-    pad_id = tokenizer.pad_token_id
-    # Phase 3a: short copies of the knowledge's sign across a game log.
-    _run_phase(
-        "log copy",
-        model,
-        spec.log_copy_steps,
-        spec.log_copy_lr,
-        spec.corridor_warmup_steps,
-        spec,
-        lambda: [
-            [log_copy_example(rng, words, tokenizer) for _ in range(spec.log_copy_batch)],
-            *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
-        ],
-        pad_id,
-        log_every,
-    )
-    # Phase 3b: corridor turns and records, with phase 2's one-turn examples.
-    _run_phase(
-        "corridor",
-        model,
-        spec.corridor_steps,
-        spec.corridor_lr,
-        spec.corridor_warmup_steps,
-        spec,
-        lambda: [
-            [corridor_turn_example(rng, spec, tokenizer, game_words) for _ in range(spec.corridor_batch)],
-            [game_example(rng, spec, tokenizer, game_words) for _ in range(spec.game_batch)],
-            [extraction_example(rng, spec, tokenizer, game_words) for _ in range(spec.extraction_batch)],
-            [
-                corridor_extraction_example(rng, spec, tokenizer, game_words)
-                for _ in range(spec.corridor_extraction_batch)
+    return [
+        # Phase 3a: short copies of the knowledge's sign across a game log.
+        _Phase(
+            "log copy",
+            spec.log_copy_steps,
+            spec.log_copy_lr,
+            spec.corridor_warmup_steps,
+            lambda: [
+                [log_copy_example(rng, words, tokenizer) for _ in range(spec.log_copy_batch)],
+                *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
             ],
-            *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
-            [log_copy_example(rng, words, tokenizer) for _ in range(spec.log_copy_batch_late)],
-        ],
-        pad_id,
-        log_every,
-    )
+        ),
+        # Phase 3b: corridor turns and records, with phase 2's one-turn examples.
+        _Phase(
+            "corridor",
+            spec.corridor_steps,
+            spec.corridor_lr,
+            spec.corridor_warmup_steps,
+            lambda: [
+                [corridor_turn_example(rng, spec, tokenizer, game_words) for _ in range(spec.corridor_batch)],
+                [game_example(rng, spec, tokenizer, game_words) for _ in range(spec.game_batch)],
+                [extraction_example(rng, spec, tokenizer, game_words) for _ in range(spec.extraction_batch)],
+                [
+                    corridor_extraction_example(rng, spec, tokenizer, game_words)
+                    for _ in range(spec.corridor_extraction_batch)
+                ],
+                *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
+                [log_copy_example(rng, words, tokenizer) for _ in range(spec.log_copy_batch_late)],
+            ],
+        ),
+    ]
 
 
 def build_warm_model(
-    out_dir: str | Path, seed: int = 0, spec: WarmModelSpec | None = None, force: bool = False
+    out_dir: str | Path,
+    seed: int = 0,
+    spec: WarmModelSpec | None = None,
+    force: bool = False,
+    warm_dir: str | Path | None = None,
 ) -> Path:
-    """Builds (or finds already built) the warmed tiny model in ``out_dir``; returns its path."""
+    """Builds (or finds already built) the warmed tiny model in ``out_dir``; returns its path.
+
+    A build with phase 3 continues the build of the same seed and spec without it (``warm_dir``, by
+    default ``warm-seed<seed>`` beside ``out_dir``; built there first when that folder does not hold it,
+    and then reused by the builds that ask for it): the same bytes as training all phases in one go
+    (``train_warm_model``), for the cost of phase 3 alone where the warm build is cached."""
     spec = spec or WarmModelSpec()
+    out_dir = Path(os.path.abspath(out_dir))
+    phases_1_2_from = None
+    if has_phase_3(spec):
+        warm_spec = dataclasses.replace(spec, log_copy_steps=0, corridor_steps=0)
+        warm_dir = Path(os.path.abspath(warm_dir or out_dir.parent / f"warm-seed{seed}"))
+        if warm_dir == out_dir:
+            raise BuildModelError(
+                f"the warm build that phase 3 continues needs its own folder, not {out_dir}"
+            )
     try:
         vocab_sha256 = qwen_vocab_sha256()
     except FileNotFoundError as err:
@@ -316,9 +358,13 @@ def build_warm_model(
         )
 
     def write(folder: Path) -> None:
-        _train_in_pinned_process(spec, seed, folder, pinned)
+        if has_phase_3(spec):
+            nonlocal phases_1_2_from
+            # Only when this build is not cached: a cached one needs no warm build.
+            phases_1_2_from = build_warm_model(warm_dir, seed, warm_spec)
+        _train_in_pinned_process(spec, seed, folder, pinned, phases_1_2_from)
 
-    return build_folder(Path(os.path.abspath(out_dir)), settings, write, force)
+    return build_folder(out_dir, settings, write, force)
 
 
 def _can_pin_numerics() -> bool:
@@ -329,7 +375,9 @@ def _can_pin_numerics() -> bool:
     return bool(torch.cpu._is_avx2_supported())
 
 
-def _train_in_pinned_process(spec: WarmModelSpec, seed: int, folder: Path, pinned: bool) -> None:
+def _train_in_pinned_process(
+    spec: WarmModelSpec, seed: int, folder: Path, pinned: bool, phases_1_2_from: Path | None
+) -> None:
     """Trains and saves into ``folder`` in a child interpreter started with ``PINNED_NUMERICS`` (its
     progress lines go to this process's console)."""
     env = {**os.environ, **(PINNED_NUMERICS if pinned else {})}
@@ -346,6 +394,8 @@ def _train_in_pinned_process(spec: WarmModelSpec, seed: int, folder: Path, pinne
     ]
     if pinned:
         command.append("--expect-pinned")
+    if phases_1_2_from is not None:
+        command += ["--phases-1-2-from", str(phases_1_2_from)]
     code = subprocess.run(command, env=env, check=False).returncode
     if code != 0:
         raise BuildModelError(
