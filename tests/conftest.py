@@ -37,7 +37,7 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def warm_model_dir() -> Path:
-    """The warmed tiny model of the CPU demo (~22 minutes to build once; cached like the tiny one)."""
+    """The warmed tiny model of the CPU demo (~17 minutes to build once; cached like the tiny one)."""
     from verl_oel.models.warm import build_warm_model
 
     return build_warm_model(MODEL_CACHE / "warm-seed0", seed=0)

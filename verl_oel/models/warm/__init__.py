@@ -52,7 +52,7 @@ Unpinned, each CPU model trained another model, and so did an earlier pin of MKL
 branch: an AMD EPYC and an Intel Xeon built different models, and the Intel one failed 5 of the
 behaviour tests in ``tests/models/test_warm_model.py`` and the learning test (2026-12-02). A CPU
 without AVX2 builds with its native kernels, with a warning, and records ``"numerics": "native"``.
-Two threads, the machine's two cores: a build is ~22-27 minutes with nothing else running (22 on an
+Two threads, the machine's two cores: a build is ~17-27 minutes with nothing else running (~17 on an
 AMD EPYC, 27 on an Intel Xeon), MKL's COMPATIBLE branch costing it 1.8x (on a machine shared with
 other jobs, two threads spin against them and can run many times slower; build first, then run).
 """
