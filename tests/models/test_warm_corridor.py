@@ -281,10 +281,13 @@ def test_the_corridor_build_continues_the_warm_build_and_equals_one_run_of_all_p
     assert _tensor_digests(again / "model.safetensors") == continued
 
 
-def test_the_corridor_build_refuses_to_continue_a_warm_build_in_its_own_folder(tmp_path):
+def test_a_warm_dir_is_refused_in_the_corridor_builds_own_folder_and_for_a_build_without_phase_3(tmp_path):
     from verl_oel.models import BuildModelError
     from verl_oel.models.warm import build_warm_model
 
     with pytest.raises(BuildModelError, match="needs its own folder"):
         build_warm_model(tmp_path / "c", seed=5, spec=SHORT_CORRIDOR_SPEC, warm_dir=tmp_path / "c")
-    assert not (tmp_path / "c").exists()
+    # A build without phase 3 continues nothing: a warm_dir given to it is a mistake, not ignored.
+    with pytest.raises(BuildModelError, match="this spec has none"):
+        build_warm_model(tmp_path / "c", seed=5, spec=WarmModelSpec(), warm_dir=tmp_path / "w")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "w").exists()

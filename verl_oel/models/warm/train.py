@@ -333,6 +333,10 @@ def build_warm_model(
             raise BuildModelError(
                 f"the warm build that phase 3 continues needs its own folder, not {out_dir}"
             )
+    elif warm_dir is not None:
+        raise BuildModelError(
+            f"warm_dir={warm_dir} names the build that phase 3 continues; this spec has none"
+        )
     try:
         vocab_sha256 = qwen_vocab_sha256()
     except FileNotFoundError as err:
