@@ -325,7 +325,6 @@ def build_warm_model(
     (``train_warm_model``), for the cost of phase 3 alone where the warm build is cached."""
     spec = spec or WarmModelSpec()
     out_dir = Path(os.path.abspath(out_dir))
-    phases_1_2_from = None
     if has_phase_3(spec):
         warm_spec = dataclasses.replace(spec, log_copy_steps=0, corridor_steps=0)
         warm_dir = Path(os.path.abspath(warm_dir or out_dir.parent / f"warm-seed{seed}"))
@@ -362,10 +361,8 @@ def build_warm_model(
         )
 
     def write(folder: Path) -> None:
-        if has_phase_3(spec):
-            nonlocal phases_1_2_from
-            # Only when this build is not cached: a cached one needs no warm build.
-            phases_1_2_from = build_warm_model(warm_dir, seed, warm_spec)
+        # Only when this build is not cached: a cached one needs no warm build.
+        phases_1_2_from = build_warm_model(warm_dir, seed, warm_spec) if has_phase_3(spec) else None
         _train_in_pinned_process(spec, seed, folder, pinned, phases_1_2_from)
 
     return build_folder(out_dir, settings, write, force)
