@@ -32,7 +32,7 @@ MAX_TURNS_RATIO = 0.6
 
 # The first run on a machine builds the corridor model in the fixture before the ~2-minute launch: 17
 # minutes on the reference CPU, ~25 on the Intel Xeon, which with the launch is near the suite's 30-minute
-# limit a test.
+# limit per test.
 @pytest.mark.timeout(3600)
 def test_one_corridor_round_wins_more_in_fewer_turns_without_knowledge(tmp_path, warm_corridor_model_dir):
     run_dir = tmp_path / "run"
