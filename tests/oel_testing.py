@@ -9,6 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from verl_oel.oel import RunLayout, load_round_eval
+from verl_oel.oel.run_state import read_stage_markers
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,3 +83,34 @@ def train_and_read_metrics(
     )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     return read_metrics(metrics)
+
+
+def verl_oel_succeeds(args: list[str]) -> str:
+    """Run a ``verl-oel`` launch (minutes) and assert it exits 0; returns its console output."""
+    proc = run_verl_oel(args, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
+    return proc.stdout
+
+
+def read_round_1(run_dir: Path):
+    """A finished run's (base eval, round-1 eval, round 1's stage markers)."""
+    layout = RunLayout(run_dir.resolve())
+    base, trained = (load_round_eval(layout.eval_json(r)) for r in (0, 1))
+    return base, trained, read_stage_markers(layout, 1)
+
+
+def one_oel_round(tmp_path: Path, model_dir: Path, recipe: str, *overrides: str):
+    """One round of ``recipe`` from ``model_dir`` into ``tmp_path / "run"``: ``read_round_1``'s triple."""
+    run_dir = tmp_path / "run"
+    verl_oel_succeeds(
+        [
+            "train",
+            "--config-name",
+            recipe,
+            f"actor_rollout_ref.model.path={model_dir}",
+            f"trainer.default_local_dir={run_dir}",
+            "oel.rounds=1",
+            *overrides,
+        ]
+    )
+    return read_round_1(run_dir)

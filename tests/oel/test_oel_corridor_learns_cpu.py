@@ -19,10 +19,7 @@ round, and ``test_oel_empty_round_cpu.py`` covers their measurement.
 from __future__ import annotations
 
 import pytest
-from oel_testing import run_verl_oel
-
-from verl_oel.oel import RunLayout, load_round_eval
-from verl_oel.oel.run_state import read_stage_markers
+from oel_testing import one_oel_round
 
 pytestmark = [pytest.mark.verl, pytest.mark.warm_model]
 
@@ -35,21 +32,10 @@ MAX_TURNS_RATIO = 0.6
 # limit per test.
 @pytest.mark.timeout(3600)
 def test_one_corridor_round_wins_more_in_fewer_turns_without_knowledge(tmp_path, warm_corridor_model_dir):
-    run_dir = tmp_path / "run"
-    command = [
-        "train",
-        "--config-name",
-        "oel-cpu-corridor",
-        f"actor_rollout_ref.model.path={warm_corridor_model_dir}",
-        f"trainer.default_local_dir={run_dir}",
-        "oel.rounds=1",
-        "oel.ood.games=[]",
-    ]
-    proc = run_verl_oel(command, timeout=1500)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
-    layout = RunLayout(run_dir.resolve())
-    base, trained = (load_round_eval(layout.eval_json(r)) for r in (0, 1))
-    extraction = read_stage_markers(layout, 1)["extraction"]["summary"]
+    base, trained, markers = one_oel_round(
+        tmp_path, warm_corridor_model_dir, "oel-cpu-corridor", "oel.ood.games=[]"
+    )
+    extraction = markers["extraction"]["summary"]
     report = (
         f"pass rate without knowledge {base.pass_rate_no_knowledge:.2f} -> "
         f"{trained.pass_rate_no_knowledge:.2f}, "

@@ -18,40 +18,13 @@ import json
 import shutil
 
 import pytest
-from oel_testing import read_metrics, run_verl_oel
+from oel_testing import one_oel_round, read_metrics, read_round_1, verl_oel_succeeds
 
-from verl_oel.oel import RunLayout, load_round_eval
-from verl_oel.oel.run_state import read_stage_markers
+from verl_oel.oel import RunLayout
 
 pytestmark = [pytest.mark.verl, pytest.mark.warm_model]
 
 MIN_GAIN = 0.30
-
-
-def _one_round(tmp_path, warm_model_dir, recipe: str, *overrides: str):
-    """One round of ``recipe`` from the warmed model: (base eval, round-1 eval, round 1's stage markers)."""
-    run_dir = tmp_path / "run"
-    command = [
-        "train",
-        "--config-name",
-        recipe,
-        f"actor_rollout_ref.model.path={warm_model_dir}",
-        f"trainer.default_local_dir={run_dir}",
-    ]
-    _succeeds(command + ["oel.rounds=1", *overrides])
-    return _read_round_1(run_dir)
-
-
-def _succeeds(command: list[str]) -> str:
-    proc = run_verl_oel(command, timeout=1500)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
-    return proc.stdout
-
-
-def _read_round_1(run_dir):
-    layout = RunLayout(run_dir.resolve())
-    base, trained = (load_round_eval(layout.eval_json(r)) for r in (0, 1))
-    return base, trained, read_stage_markers(layout, 1)
 
 
 def test_one_round_of_oel_lifts_the_pass_rate_without_knowledge_by_30_points(tmp_path, warm_model_dir):
@@ -59,10 +32,10 @@ def test_one_round_of_oel_lifts_the_pass_rate_without_knowledge_by_30_points(tmp
     model already built in the demo's folder: the demo finds it there (same build settings), then trains
     ``oel-cpu-demo`` from it into its run folder."""
     shutil.copytree(warm_model_dir, tmp_path / "models" / "warm")
-    console = _succeeds(["demo", "--run-dir", str(tmp_path), "oel.rounds=1"])
+    console = verl_oel_succeeds(["demo", "--run-dir", str(tmp_path), "oel.rounds=1"])
     assert f"verl-oel demo: model {tmp_path / 'models' / 'warm'}\n" in console, console[-3000:]
     assert "1 round(s) of hidden-rule" in console, console[-3000:]
-    base, trained, markers = _read_round_1(tmp_path / "oel-cpu-demo")
+    base, trained, markers = read_round_1(tmp_path / "oel-cpu-demo")
     assert markers["teacher_refresh"]["summary"]["teacher"] == str(tmp_path / "models" / "warm")
     extraction = markers["extraction"]["summary"]
     report = (
@@ -79,7 +52,7 @@ def test_without_consolidation_nothing_is_learned_and_no_knowledge_leaks(tmp_pat
     evaluation without knowledge plays the base's games with the base's weights and seeds: the same pass
     rate exactly, unless knowledge leaks into that evaluation (it would then win like the teacher does).
     The gain of the learning test above is therefore the consolidation's."""
-    base, round_1, markers = _one_round(tmp_path, warm_model_dir, "oel-cpu-demo-in-context")
+    base, round_1, markers = one_oel_round(tmp_path, warm_model_dir, "oel-cpu-demo-in-context")
     assert "consolidation" not in markers and sum(markers["extraction"]["summary"]["items"]) > 0
     assert round_1.pass_rate_no_knowledge == base.pass_rate_no_knowledge, (base, round_1)
     assert round_1.pass_rate_with_knowledge > base.pass_rate_no_knowledge + MIN_GAIN, (base, round_1)
@@ -91,7 +64,7 @@ def test_with_knowledge_in_context_is_the_teachers_score_not_the_consolidated_mo
     """A learning rate of 0.5 wrecks pi_1 (measured: see below), while the teacher, pi_0 with the rule in
     its prompt, wins ~all games: "with knowledge in context" must read the teacher's score. (Measured
     after consolidation, as it once was, it read pi_1's.)"""
-    base, trained, markers = _one_round(
+    base, trained, markers = one_oel_round(
         tmp_path, warm_model_dir, "oel-cpu-demo", "actor_rollout_ref.actor.optim.lr=0.5"
     )
     in_context = markers["in_context"]["summary"]
@@ -109,7 +82,7 @@ def test_one_round_of_online_oel_lifts_the_pass_rate_without_knowledge(tmp_path,
     prompts are replayed; each consolidation step the student plays 8 of the round's 32 fresh games
     itself, and the frozen teacher (pi_0 with the round's knowledge) scores its tokens. The issue's bar:
     at least 80 % without knowledge after one round."""
-    base, trained, markers = _one_round(tmp_path, warm_model_dir, "oel-cpu-demo-online")
+    base, trained, markers = one_oel_round(tmp_path, warm_model_dir, "oel-cpu-demo-online")
     deployment = markers["deployment"]["summary"]
     assert (deployment["games"], deployment["played_by"]) == (32, "consolidation")
     steps = read_metrics(RunLayout((tmp_path / "run").resolve()).metrics_jsonl(1))
