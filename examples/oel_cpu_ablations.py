@@ -2,8 +2,8 @@
 
 Runs ``oel-cpu-demo`` (OEL) and its variants (the forward KL as the loss, a moving teacher, raw
 trajectories instead of extracted knowledge, knowledge in context only) once per seed with the warmed
-tiny model, and OEL on the multi-turn corridor (``oel-cpu-corridor``, with the warm build's corridor
-variant, ``warm-corridor``), then prints the held-out pass rate per round, without knowledge and with
+tiny model, and OEL on the multi-turn corridor (``oel-cpu-corridor``, the same model), then prints the
+held-out pass rate per round, without knowledge and with
 the round's knowledge in the teacher's prompt (pi_{r-1}, measured before consolidation), the reply's
 length without knowledge (tokens per turn: a one-word reply is 4, a reply that no longer ends runs to
 the 8-token limit), the turns and response tokens per game without knowledge (the multi-turn corridor's
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from verl_oel.atomic_io import write_text_atomic
-from verl_oel.models.warm import CORRIDOR_SPEC, build_warm_model
+from verl_oel.models.warm import build_warm_model
 from verl_oel.oel import RunLayout, load_round_eval
 from verl_oel.oel.run_state import read_run_spec
 
@@ -46,8 +46,6 @@ METHODS = {
     "oel-cpu-demo-in-context": "in context only",
     "oel-cpu-corridor": "OEL, multi-turn corridor",
 }
-# The recipes that play the multi-turn corridor: the warm build with its corridor phase (``warm-corridor``).
-CORRIDOR_RECIPES = {"oel-cpu-corridor"}
 
 
 def run(recipe: str, seed: int, model: Path, run_dir: Path) -> None:
@@ -158,26 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", type=Path, default=None, help="the warm model (default: built into RUN_DIR)"
     )
-    parser.add_argument(
-        "--corridor-model",
-        type=Path,
-        default=None,
-        help="the corridor recipe's warm build (default: `warm-corridor`, built into RUN_DIR)",
-    )
     args = parser.parse_args(argv)
     results: dict[str, dict[int, list[RoundResult]]] = {}
+    model = args.model or build_warm_model(args.run_dir / "models" / "warm", seed=0)
     for recipe in args.recipes:
-        if recipe in CORRIDOR_RECIPES:
-            # Its third phase continues the warm build the other recipes build by default (found there
-            # when they ran first).
-            model = args.corridor_model or build_warm_model(
-                args.run_dir / "models" / "warm-corridor",
-                seed=0,
-                spec=CORRIDOR_SPEC,
-                warm_dir=args.run_dir / "models" / "warm",
-            )
-        else:
-            model = args.model or build_warm_model(args.run_dir / "models" / "warm", seed=0)
         print(f"{METHODS[recipe]} ({recipe}):", file=sys.stderr, flush=True)
         for seed in args.seeds:
             run_dir = args.run_dir / recipe / f"seed{seed}"

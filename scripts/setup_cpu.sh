@@ -44,7 +44,7 @@ else
 fi
 # Always refresh the editable install so entry points follow the working tree.
 pip_quiet install -q --no-deps --no-build-isolation -e "$ROOT"
-# The CPU model too: the warmed model's bytes are pinned across CPU models, and a log that names the
-# machine is where a difference would first show.
+# The CPU model too: each CPU model builds its own warmed model (its own float kernels), and a log that
+# names the machine is where a difference would first show.
 echo "[setup] cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//') ($(nproc) cores)"
 echo "[setup] ok: $("$VENV/bin/python" -c 'import torch, verl, vllm, transformers; print(f"torch {torch.__version__}, verl {verl.__version__}, vllm {vllm.__version__}, transformers {transformers.__version__}")' 2>/dev/null | tail -1)"

@@ -37,18 +37,8 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def warm_model_dir() -> Path:
-    """The warmed tiny model of the CPU demo (~17 minutes to build once; cached like the tiny one)."""
+    """The warmed tiny model of the CPU demo and corridor (~12 minutes to build once; cached like the tiny
+    one)."""
     from verl_oel.models.warm import build_warm_model
 
     return build_warm_model(MODEL_CACHE / "warm-seed0", seed=0)
-
-
-@pytest.fixture(scope="session")
-def warm_corridor_model_dir(warm_model_dir) -> Path:
-    """The corridor recipe's model: the warm build above continued by the corridor phase (~17 minutes
-    once on the reference CPU, on top of the cached warm build; cached like it)."""
-    from verl_oel.models.warm import CORRIDOR_SPEC, build_warm_model
-
-    return build_warm_model(
-        MODEL_CACHE / "warm-corridor-seed0", seed=0, spec=CORRIDOR_SPEC, warm_dir=warm_model_dir
-    )

@@ -3,7 +3,6 @@ prompts from inside a multi-turn corridor game with their targets, whole corrido
 records; and the probe that plays whole corridor games."""
 
 import collections
-import os
 import random
 import re
 
@@ -19,7 +18,6 @@ from verl_oel.models.warm.corridor_data import (
     log_copy_example,
 )
 from verl_oel.models.warm.data import copy_words
-from verl_oel.models.warm.spec import CORRIDOR_SPEC, PHASE_3_FIELDS, spec_settings
 
 CORRIDOR = "You are playing Corridor."
 ROOM = re.compile(r"You are in room (\d) of 3, with \d doors:\n((?:- a \w+ door marked \[\w+\]\n?)+)")
@@ -158,136 +156,11 @@ def test_the_probe_plays_whole_corridor_games_turn_by_turn(tiny_model_dir):
         assert result["reason"].endswith("the plaque says [ship] doors lead out")
 
 
-def test_the_default_build_keeps_its_cache_key_and_the_corridor_build_gets_its_own():
-    """Phase 3 off: no phase-3 field in the cache key (the build from before phase 3 existed, whose cached
-    folder is found); ``CORRIDOR_SPEC`` records them all; both read back from what the key records."""
-    default = spec_settings(WarmModelSpec())
-    assert not set(PHASE_3_FIELDS) & set(default)
-    corridor = spec_settings(CORRIDOR_SPEC)
-    assert set(PHASE_3_FIELDS) <= set(corridor)
-    assert (corridor["log_copy_steps"], corridor["corridor_steps"]) == (200, 200)
-    assert WarmModelSpec.from_dict(default) == WarmModelSpec()
-    assert WarmModelSpec.from_dict(corridor) == CORRIDOR_SPEC
-
-
-def test_build_model_warm_corridor_builds_the_corridor_spec(capsys, tmp_path, monkeypatch):
-    """``verl-oel build-model warm-corridor`` asks for ``CORRIDOR_SPEC`` (``warm``: the default spec); the
-    build itself (~55 minutes) is replaced by a recorder: what is checked is the dispatch."""
-    import argparse
-
-    import verl_oel.models.warm as warm
-    from verl_oel.models.build import add_build_model_args, run_build_model
-
-    asked = []
-
-    def recorder(out, seed, spec=None, force=False, warm_dir=None):
-        asked.append((spec, warm_dir))
-        return out
-
-    monkeypatch.setattr(warm, "build_warm_model", recorder)
-    parser = argparse.ArgumentParser()
-    add_build_model_args(parser)
-    for kind in ("warm-corridor", "warm"):
-        assert run_build_model(parser.parse_args([kind, "--out", str(tmp_path / kind)])) == 0
-    assert (
-        run_build_model(parser.parse_args(["warm-corridor", "--out", "c", "--warm", str(tmp_path / "w")]))
-        == 0
-    )
-    assert asked == [(CORRIDOR_SPEC, None), (None, None), (CORRIDOR_SPEC, tmp_path / "w")]
-    # --warm names the build that the corridor's phase 3 continues: refused for any other kind.
-    assert run_build_model(parser.parse_args(["warm", "--out", "x", "--warm", str(tmp_path / "w")])) == 1
-    assert "--warm applies to the warm-corridor model" in capsys.readouterr().err
-    assert len(asked) == 3
-
-
-# A shortened corridor build: a few steps of every phase, a few examples of every kind.
-SHORT_CORRIDOR_SPEC = WarmModelSpec(
-    copy_steps=2,
-    copy_batch=8,
-    steps=2,
-    game_batch=2,
-    extraction_batch=1,
-    copy_batch_late=4,
-    log_copy_steps=2,
-    log_copy_batch=4,
-    corridor_steps=2,
-    corridor_batch=2,
-    corridor_extraction_batch=2,
-    log_copy_batch_late=1,
-)
-
-# In a process with the build's pinned kernels: all phases in one training run (the reference that the
-# build continuing a saved warm build must equal), then phase 3 continuing the warm build in argv[2]
-# WITHOUT replaying phases 1-2's draws (the control). One line of tensor digests each.
-PINNED_RUNS = """
-import hashlib, json, sys, torch
-from pathlib import Path
-from verl_oel.models.warm import WarmModelSpec, train_warm_model
-from verl_oel.models.warm import train
-torch.backends.mkldnn.enabled = False  # as the build's process
-spec = WarmModelSpec.from_dict(json.loads(sys.argv[1]))
-def digests(model):
-    return {name: hashlib.sha256(t.numpy().tobytes()).hexdigest() for name, t in model.state_dict().items()}
-print(json.dumps(digests(train_warm_model(spec, 5, log_every=0)[0])))
-train._replay_draws = lambda phase, log_every: None
-print(json.dumps(digests(train_warm_model(spec, 5, log_every=0, phases_1_2_from=Path(sys.argv[2]))[0])))
-"""
-
-
-def _tensor_digests(folder) -> dict[str, str]:
-    import hashlib
-
-    from safetensors.torch import load_file
-
-    return {name: hashlib.sha256(t.numpy().tobytes()).hexdigest() for name, t in load_file(folder).items()}
-
-
-def test_the_corridor_build_continues_the_warm_build_and_equals_one_run_of_all_phases(tmp_path):
-    """Phase 3 starts from the saved warm build of the same seed (built first beside it, then reused),
-    with phases 1-2's example draws replayed: the weights are the bytes of one run of all three phases
-    (without the replay, the control, phase 3 draws other examples and trains other weights)."""
+def test_the_spec_reads_back_from_what_the_cache_key_records():
+    """``build_info.json`` records ``dataclasses.asdict(spec)``; the training process gets it as JSON."""
     import dataclasses
     import json
-    import subprocess
-    import sys
 
-    from verl_oel.models.build_folder import BUILD_INFO_FILE
-    from verl_oel.models.warm import build_warm_model
-    from verl_oel.models.warm.train import PINNED_NUMERICS
-
-    corridor = build_warm_model(tmp_path / "corridor", seed=5, spec=SHORT_CORRIDOR_SPEC)
-    warm = tmp_path / "warm-seed5"  # the default place: beside it, named by the seed
-    info = json.loads((warm / BUILD_INFO_FILE).read_text())
-    assert info["settings"]["seed"] == 5 and not set(PHASE_3_FIELDS) & set(info["settings"]["spec"])
-    proc = subprocess.run(
-        [sys.executable, "-c", PINNED_RUNS, json.dumps(dataclasses.asdict(SHORT_CORRIDOR_SPEC)), str(warm)],
-        env={**os.environ, **PINNED_NUMERICS},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    one_run, without_replay = (json.loads(line) for line in proc.stdout.splitlines()[-2:])
-    continued = _tensor_digests(corridor / "model.safetensors")
-    assert continued == {name: one_run[name] for name in continued}
-    assert continued != {name: without_replay[name] for name in continued}
-    # Phase 3 trained: its weights are not the warm build's.
-    warm_weights = _tensor_digests(warm / "model.safetensors")
-    assert all(warm_weights[name] != continued[name] for name in continued)
-    # A second corridor build (another folder) reuses the warm build: its folder is not rewritten.
-    stamp = (warm / "model.safetensors").stat().st_mtime_ns
-    again = build_warm_model(tmp_path / "corridor-again", seed=5, spec=SHORT_CORRIDOR_SPEC, warm_dir=warm)
-    assert (warm / "model.safetensors").stat().st_mtime_ns == stamp
-    assert _tensor_digests(again / "model.safetensors") == continued
-
-
-def test_a_warm_dir_is_refused_in_the_corridor_builds_own_folder_and_for_a_build_without_phase_3(tmp_path):
-    from verl_oel.models import BuildModelError
-    from verl_oel.models.warm import build_warm_model
-
-    with pytest.raises(BuildModelError, match="needs its own folder"):
-        build_warm_model(tmp_path / "c", seed=5, spec=SHORT_CORRIDOR_SPEC, warm_dir=tmp_path / "c")
-    # A build without phase 3 continues nothing: a warm_dir given to it is a mistake, not ignored.
-    with pytest.raises(BuildModelError, match="this spec has none"):
-        build_warm_model(tmp_path / "c", seed=5, spec=WarmModelSpec(), warm_dir=tmp_path / "w")
-    assert not (tmp_path / "c").exists() and not (tmp_path / "w").exists()
+    spec = WarmModelSpec()
+    assert WarmModelSpec.from_dict(json.loads(json.dumps(dataclasses.asdict(spec)))) == spec
+    assert spec.log_copy_steps > 0 and spec.corridor_steps > 0  # one build serves both games

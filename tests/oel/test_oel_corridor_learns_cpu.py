@@ -27,14 +27,8 @@ MIN_GAIN = 0.50
 MAX_TURNS_RATIO = 0.6
 
 
-# The first run on a machine builds the corridor model in the fixture before the ~2-minute launch: 17
-# minutes on the reference CPU, ~25 on the Intel Xeon, which with the launch is near the suite's 30-minute
-# limit per test.
-@pytest.mark.timeout(3600)
-def test_one_corridor_round_wins_more_in_fewer_turns_without_knowledge(tmp_path, warm_corridor_model_dir):
-    base, trained, markers = one_oel_round(
-        tmp_path, warm_corridor_model_dir, "oel-cpu-corridor", "oel.ood.games=[]"
-    )
+def test_one_corridor_round_wins_more_in_fewer_turns_without_knowledge(tmp_path, warm_model_dir):
+    base, trained, markers = one_oel_round(tmp_path, warm_model_dir, "oel-cpu-corridor", "oel.ood.games=[]")
     extraction = markers["extraction"]["summary"]
     report = (
         f"pass rate without knowledge {base.pass_rate_no_knowledge:.2f} -> "

@@ -150,20 +150,12 @@ def run_build_model(args: argparse.Namespace) -> int:
     try:
         if args.kind not in MODEL_KINDS:
             raise BuildModelError(f"unknown model kind {args.kind!r}; known kinds: {', '.join(MODEL_KINDS)}")
-        if args.warm is not None and args.kind != "warm-corridor":
-            raise BuildModelError(f"--warm applies to the warm-corridor model, not to {args.kind!r}")
         if args.kind == "tiny":
             path = build_tiny_model(args.out, seed=0 if args.seed is None else args.seed, force=args.force)
-        elif args.kind in ("warm", "warm-corridor"):
-            from verl_oel.models.warm import CORRIDOR_SPEC, build_warm_model
+        elif args.kind == "warm":
+            from verl_oel.models.warm import build_warm_model
 
-            seed = 0 if args.seed is None else args.seed
-            if args.kind == "warm-corridor":
-                path = build_warm_model(
-                    args.out, seed=seed, spec=CORRIDOR_SPEC, force=args.force, warm_dir=args.warm
-                )
-            else:
-                path = build_warm_model(args.out, seed=seed, force=args.force)
+            path = build_warm_model(args.out, seed=0 if args.seed is None else args.seed, force=args.force)
         elif args.seed is not None:
             raise BuildModelError(f"--seed applies to the tiny and warm models, not to {args.kind!r}")
         else:

@@ -28,10 +28,8 @@ others; see ``copy_words``): answer the knowledge item's sign, any door's sign, 
 as an item. The second phase trains on the pipeline's prompts of the warm families, mixed with a few
 synthetic examples.
 
-A third phase, off in the default build (``warm-corridor`` turns it on: ``spec.CORRIDOR_SPEC``), adds the
-multi-turn ``hidden-rule-corridor`` of the warm families, whose turn prompts hold a game log
-(``corridor_data.py``). It continues the saved default build of the same seed (built first if missing),
-replaying the first two phases' example draws without training: the bytes of one run of all phases.
+A third phase adds the multi-turn ``hidden-rule-corridor`` of the warm families, whose turn prompts hold a
+game log (``corridor_data.py``), so that one build serves both the one-turn demo and the corridor recipe.
 
 The extraction skill depends on the seed (measured): seed 0 writes the held-out rule from 40/40 games;
 seed 1 from 19/40 lost games (it copies another bracketed word of the record, such as its own reply's).
@@ -40,21 +38,16 @@ What did NOT form copying within ~1,000 steps (measured, issue 7): prompts over 
 induction pre-training on repeated random words (with a fixed repeat distance it learns a positional
 shortcut that does not transfer; with varied distances it stays at chance for 800 steps).
 
-The loss is on the reply tokens only (the reply and ``<|im_end|>``, as the loop decodes it). The
-build is cached like the tiny model's: ``build_info.json`` records a hash of every setting, the seed
-and ``WARM_VERSION``. The same seed gives byte-identical weights (fixed seeds, a fixed number of torch
-threads, deterministic algorithms) and, since the training runs in a child interpreter with pinned
-float kernels (``train.PINNED_NUMERICS``: ATen's AVX2 kernels, MKL's COMPATIBLE branch, the one MKL
-runs alike on Intel and other CPUs), the same bytes on every x86-64 CPU with AVX2 by construction;
-checked here by asking the caller's environment for other kernels (same bytes) and by reading the
-branch MKL really runs (the training process refuses any other), not yet by builds on two CPU models.
-Unpinned, each CPU model trained another model, and so did an earlier pin of MKL's Intel-only AVX2
-branch: an AMD EPYC and an Intel Xeon built different models, and the Intel one failed 5 of the
-behaviour tests in ``tests/models/test_warm_model.py`` and the learning test (2026-12-02). A CPU
-without AVX2 builds with its native kernels, with a warning, and records ``"numerics": "native"``.
-Two threads, the machine's two cores: a build is ~17-27 minutes with nothing else running (~17 on an
-AMD EPYC, 27 on an Intel Xeon), MKL's COMPATIBLE branch costing it 1.8x (on a machine shared with
-other jobs, two threads spin against them and can run many times slower; build first, then run).
+The loss is on the reply tokens only (the reply and ``<|im_end|>``, as the loop decodes it); each step's
+examples are batched by length (``train._length_buckets``). The build is cached like the tiny model's:
+``build_info.json`` records a hash of every setting, the seed and ``WARM_VERSION``. The same seed on the
+same CPU gives byte-identical weights (fixed seeds, a fixed number of torch threads, deterministic
+algorithms, and a child interpreter whose float kernels the caller's environment cannot choose:
+``train.KERNEL_VARIABLES``). Another CPU may build another model: the last float bits of its kernels
+differ, and a thousand steps amplify them (README "The warm build": which CPU the tests' figures come
+from, and what an earlier kernel pin cost and did not deliver). Two threads, the machine's two cores:
+a build takes ~12 minutes on an AMD EPYC with nothing else running (on a machine shared with other
+jobs, two threads spin against them and can run many times slower; build first, then run).
 """
 
 from verl_oel.models.warm.data import copy_batches, copy_example, copy_words, extraction_example, game_example
@@ -67,11 +60,10 @@ from verl_oel.models.warm.probes import (
     play_games,
 )
 from verl_oel.models.warm.prompts import extraction_messages, game_messages
-from verl_oel.models.warm.spec import CORRIDOR_SPEC, GAME, WARM_VERSION, WarmModelSpec, rule_item
+from verl_oel.models.warm.spec import GAME, WARM_VERSION, WarmModelSpec, rule_item
 from verl_oel.models.warm.train import build_warm_model, train_warm_model
 
 __all__ = [
-    "CORRIDOR_SPEC",
     "EVAL_SAMPLING",
     "GAME",
     "GREEDY",

@@ -1,13 +1,12 @@
 """The warm-up's training loop and the cached build (``build_warm_model``), which trains in a fresh
-interpreter whose float kernels are pinned (``PINNED_NUMERICS``) so that every x86-64 CPU with AVX2
-builds the same bytes."""
+interpreter with the CPU's own float kernels, whatever the caller's environment asks for
+(``KERNEL_VARIABLES``)."""
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
 import json
-import logging
 import math
 import os
 import random
@@ -18,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 import transformers
 
@@ -45,32 +43,26 @@ from verl_oel.models.warm.spec import (
     GAME,
     WARM_VERSION,
     WarmModelSpec,
-    has_phase_3,
-    spec_settings,
 )
 
-logger = logging.getLogger(__name__)
-
-# The build's float kernels, the same on every x86-64 CPU with AVX2. Unpinned, torch picks them by CPU
-# (ATen's AVX512 or AVX2 vector kernels, MKL's code path for the CPU model) and 1,300 training steps
-# amplify the last-bit differences into a different model: seed 0 built natively on an AMD EPYC passed
-# 8 of the 12 behaviour tests of ``tests/models/test_warm_model.py``, where the CI machine's earlier
-# CPU had built one that passed all (2026-12-02). ATen reads ``ATEN_CPU_CAPABILITY`` and MKL its
-# conditional-numerical-reproducibility mode ``MKL_CBWR`` once, when the library first runs, so the
-# training runs in a child interpreter that has them from its start (``_train_in_pinned_process``).
-# AVX2 rather than AVX512: every x86-64 server CPU of the last decade has it, and it costs this build
-# no time (measured: 18.7 s against 17.4 s for a 46-step build; ATen's portable kernels took 34 s).
-# MKL's ``COMPATIBLE`` branch (SSE2 without the approximate rcpps/rsqrtps) because it is the only
-# branch MKL runs on non-Intel CPUs too: it documents its ISA branches (``AVX2``, ...) as Intel-only,
-# and on an AMD EPYC ``MKL_CBWR=AVX2,STRICT`` silently ran the AUTO branch (``mkl_branch()`` read 2),
-# so the AMD and Intel machines that both had the earlier ``AVX2,STRICT`` pin built different models
-# (sha256 eb20e08b... and 5c8c55a0...; the Intel one failed 5 behaviour tests). It costs this build
-# 1.8x (26.5 s against 14.9 s for a 46-step build).
-PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
-
-# ``mkl_cbwr_get(MKL_CBWR_BRANCH)``'s value for the branch above: what the training process checks MKL
-# really runs, since MKL falls back to AUTO (2) without a word for a branch it does not run on a CPU.
-MKL_COMPATIBLE_BRANCH = 3
+# Environment variables that choose float kernels (ATen's vector width, MKL's code branch, oneDNN's
+# instruction set). Torch reads them once, when the library first runs, so the build trains in a child
+# interpreter started without them (``_train_in_child_process``): the CPU's own kernels, the same bytes
+# whatever the caller's environment says.
+#
+# The bytes still depend on the CPU: 1,080 training steps amplify last-bit differences into another model.
+# Builds once pinned ATen's AVX2 kernels and MKL's COMPATIBLE branch (2026-12-02 to 12-07), which gave two
+# AMD EPYC CPUs one model but an Intel Xeon another (sha256 04941547... against 137d2f76... for the default
+# build of that time), and cost the build 1.93x (phase 3b, 2.47 s a step against 1.27 s): a cost for a
+# reproducibility it did not deliver. ``tests/models/test_warm_model.py`` names the reference CPU's bytes.
+KERNEL_VARIABLES = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_DEBUG_CPU_TYPE",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+)
 
 
 def mkl_branch() -> int | None:
@@ -89,37 +81,82 @@ def mkl_branch() -> int | None:
     return int(getter(1))  # 1: MKL_CBWR_BRANCH
 
 
-def _collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask, and the positions whose next token is a reply token."""
+# A forward and backward call's fixed cost in padded tokens (measured on 2 cores: one call more costs about
+# what 100 more padded tokens cost). ``_length_buckets`` trades calls for padding with it.
+CALL_COST_TOKENS = 100
+
+
+def _length_buckets(lengths: Sequence[int], call_cost: int = CALL_COST_TOKENS) -> list[tuple[int, int]]:
+    """Splits ``lengths`` (sorted ascending) into consecutive ranges, minimising padded tokens plus
+    ``call_cost`` per range: each range is one right-padded batch as wide as its longest example.
+
+    Exact dynamic programme over the split points (a step has at most a few hundred examples). Phase 3a's
+    short copies beside long game logs pad 2.1x the attention work of their real tokens in one batch per
+    group; bucketing a step's examples by length took its steps from 0.93 to 0.61 s (phase 3b 1.76 to 1.53
+    s; phases 1 and 2, whose examples are alike in length, unchanged), 2 cores, AVX512."""
+    best = [0] + [math.inf] * len(lengths)
+    start = [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for begin in range(end):
+            cost = best[begin] + (end - begin) * lengths[end - 1] + call_cost
+            if cost < best[end]:
+                best[end], start[end] = cost, begin
+    ranges, end = [], len(lengths)
+    while end > 0:
+        ranges.append((start[end], end))
+        end = start[end]
+    return ranges[::-1]
+
+
+def _collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids and the positions whose next token is a reply token, with those tokens."""
     width = max(len(p) + len(r) for p, r in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
     rows, cols, targets = [], [], []
     for row, (prompt, reply) in enumerate(examples):
         seq = prompt + reply
         ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
         for offset, token in enumerate(reply):
             rows.append(row)
             cols.append(len(prompt) + offset - 1)
             targets.append(token)
     return {
         "input_ids": ids,
-        "attention_mask": mask,
         "rows": torch.tensor(rows),
         "cols": torch.tensor(cols),
         "targets": torch.tensor(targets),
     }
 
 
-def _reply_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the reply tokens, projecting only those positions to the vocabulary."""
+def _reply_token_losses(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of every reply token, projecting only those positions to the vocabulary."""
     # Right padding under a causal mask: no real token attends to a pad, so no padding mask is needed
     # (a padding mask sends attention down a much slower path on CPU).
     hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state
     logits = model.lm_head(hidden[batch["rows"], batch["cols"]])
-    loss = torch.nn.functional.cross_entropy(logits, batch["targets"], reduction="sum")
-    return loss, int(batch["targets"].numel())
+    return torch.nn.functional.cross_entropy(logits, batch["targets"], reduction="none")
+
+
+def _step_loss(
+    model: Any, groups: list[list[tuple[list[int], list[int]]]], pad_id: int
+) -> tuple[torch.Tensor, list[float]]:
+    """The mean cross-entropy over every reply token of a step's example groups, and each non-empty
+    group's own mean (for the log). The examples are batched by length across groups
+    (``_length_buckets``), which changes the batches, not the loss."""
+    examples = [(index, example) for index, group in enumerate(groups) for example in group]
+    examples.sort(key=lambda item: len(item[1][0]) + len(item[1][1]))
+    lengths = [len(prompt) + len(reply) for _, (prompt, reply) in examples]
+    sums, counts = [0.0] * len(groups), [0] * len(groups)
+    total, count = torch.zeros(()), 0
+    for begin, end in _length_buckets(lengths):
+        chunk = examples[begin:end]
+        losses = _reply_token_losses(model, _collate([example for _, example in chunk], pad_id))
+        total, count = total + losses.sum(), count + losses.numel()
+        owners = [index for index, (_, reply) in chunk for _ in reply]
+        for owner, value in zip(owners, losses.detach().tolist(), strict=True):
+            sums[owner] += value
+            counts[owner] += 1
+    return total / count, [sums[i] / counts[i] for i in range(len(groups)) if counts[i]]
 
 
 @contextmanager
@@ -171,13 +208,7 @@ def _run_phase(phase: _Phase, model: Any, spec: WarmModelSpec, pad_id: int, log_
     # A bar on a terminal, else four lines (25/50/75/100%): the build is short on the demo's console.
     progress = StepProgress(f"warm-up {phase.name}", steps) if log_every else None
     for step in range(steps):
-        total, count, parts = torch.zeros(()), 0, []
-        for examples in phase.draw():
-            if examples:
-                loss, n = _reply_loss(model, _collate(examples, pad_id))
-                total, count = total + loss, count + n
-                parts.append(loss.item() / n)
-        loss = total / count
+        loss, parts = _step_loss(model, phase.draw(), pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
@@ -194,14 +225,8 @@ def _run_phase(phase: _Phase, model: Any, spec: WarmModelSpec, pad_id: int, log_
         progress.close()
 
 
-def train_warm_model(
-    spec: WarmModelSpec, seed: int, log_every: int = 50, phases_1_2_from: Path | None = None
-) -> tuple[Any, Any]:
-    """Runs the supervised phases in memory; returns (model, tokenizer). Deterministic per seed.
-
-    With ``phases_1_2_from`` (the saved build of this seed and spec without phase 3) phases 1 and 2 are
-    not trained again: their weights are loaded and their example draws replayed without training, so
-    that phase 3 draws what it would after training them, and the result is the same bytes."""
+def train_warm_model(spec: WarmModelSpec, seed: int, log_every: int = 50) -> tuple[Any, Any]:
+    """Runs the supervised phases in memory; returns (model, tokenizer). Deterministic per seed and CPU."""
     tokenizer = build_qwen_prefix_tokenizer(spec.model.vocab_size, spec.model.max_position_embeddings)
     words = copy_words(tokenizer, spec.extra_copy_words)
     # Renamed games never turn into a held-out family's game: no held-out sign replaces a warm one.
@@ -229,44 +254,16 @@ def train_warm_model(
                 *copy_batches(rng, words, tokenizer, spec.copy_batch_late),
             ],
         ),
+        *_corridor_phases(spec, rng, tokenizer, words, game_words),
     ]
     with _deterministic_torch(seed):
         model = _new_model(spec.model, tokenizer)
         model.train()
-        if phases_1_2_from is None:
-            for phase in phases:
-                _run_phase(phase, model, spec, pad_id, log_every)
-        else:
-            _load_weights(model, phases_1_2_from)
-            for phase in phases:
-                _replay_draws(phase, log_every)
-        if has_phase_3(spec):
-            for phase in _corridor_phases(spec, rng, tokenizer, words, game_words):
+        for phase in phases:
+            if phase.steps:
                 _run_phase(phase, model, spec, pad_id, log_every)
         model.eval()
     return model, tokenizer
-
-
-def _load_weights(model: Any, folder: Path) -> None:
-    """Copies a saved build's weights into ``model`` (same shape), bit for bit."""
-    state = safetensors.torch.load_file(str(folder / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # The output projection is tied to the embedding, so the file holds it once.
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise BuildModelError(
-            f"{folder} is not a warm build of this shape (missing {missing}, unexpected {unexpected})"
-        )
-
-
-def _replay_draws(phase: _Phase, log_every: int) -> None:
-    """Draws a phase's examples without training on them: the data generator's random state after it."""
-    progress = StepProgress(f"warm-up {phase.name} (replaying its draws)", phase.steps) if log_every else None
-    for step in range(phase.steps):
-        phase.draw()
-        if progress is not None:
-            progress.update(step + 1, "")
-    if progress is not None:
-        progress.close()
 
 
 def _corridor_phases(
@@ -315,27 +312,9 @@ def build_warm_model(
     seed: int = 0,
     spec: WarmModelSpec | None = None,
     force: bool = False,
-    warm_dir: str | Path | None = None,
 ) -> Path:
-    """Builds (or finds already built) the warmed tiny model in ``out_dir``; returns its path.
-
-    A build with phase 3 continues the build of the same seed and spec without it (``warm_dir``, by
-    default ``warm-seed<seed>`` beside ``out_dir``; built there first when that folder does not hold it,
-    and then reused by the builds that ask for it): the same bytes as training all phases in one go
-    (``train_warm_model``), for the cost of phase 3 alone where the warm build is cached."""
+    """Builds (or finds already built) the warmed tiny model in ``out_dir``; returns its path."""
     spec = spec or WarmModelSpec()
-    out_dir = Path(os.path.abspath(out_dir))
-    if has_phase_3(spec):
-        warm_spec = dataclasses.replace(spec, log_copy_steps=0, corridor_steps=0)
-        warm_dir = Path(os.path.abspath(warm_dir or out_dir.parent / f"warm-seed{seed}"))
-        if warm_dir == out_dir:
-            raise BuildModelError(
-                f"the warm build that phase 3 continues needs its own folder, not {out_dir}"
-            )
-    elif warm_dir is not None:
-        raise BuildModelError(
-            f"warm_dir={warm_dir} names the build that phase 3 continues; this spec has none"
-        )
     try:
         vocab_sha256 = qwen_vocab_sha256()
     except FileNotFoundError as err:
@@ -344,44 +323,27 @@ def build_warm_model(
         "kind": "warm",
         "warm_version": WARM_VERSION,
         "seed": seed,
-        "spec": spec_settings(spec),
+        "spec": dataclasses.asdict(spec),
         "game": GAME,
         "held_out_families": list(HELD_OUT_FAMILIES),
         "build_threads": BUILD_THREADS,
         "qwen_vocab_sha256": vocab_sha256,
         "versions": library_versions(),
+        # The CPU's own kernels: another CPU may build other bytes from the same settings (KERNEL_VARIABLES).
+        "numerics": "native",
     }
-
-    pinned = _can_pin_numerics()
-    settings["numerics"] = dict(PINNED_NUMERICS) if pinned else "native"
-    if not pinned:
-        logger.warning(
-            "this CPU has no AVX2: the warm model is built with its native float kernels, so it is not "
-            "the model the project's tests measured and may not pass them"
-        )
-
-    def write(folder: Path) -> None:
-        # Only when this build is not cached: a cached one needs no warm build.
-        phases_1_2_from = build_warm_model(warm_dir, seed, warm_spec) if has_phase_3(spec) else None
-        _train_in_pinned_process(spec, seed, folder, pinned, phases_1_2_from)
-
-    return build_folder(out_dir, settings, write, force)
+    return build_folder(
+        Path(os.path.abspath(out_dir)),
+        settings,
+        lambda folder: _train_in_child_process(spec, seed, folder),
+        force,
+    )
 
 
-def _can_pin_numerics() -> bool:
-    """True on a CPU that runs ATen's AVX2 kernels (x86-64 with AVX2; AVX512 CPUs have it too).
-
-    Asks the CPU (torch's cpuinfo), not the kernels this process dispatches to: those follow this
-    process's own ``ATEN_CPU_CAPABILITY``, which must not decide the build's."""
-    return bool(torch.cpu._is_avx2_supported())
-
-
-def _train_in_pinned_process(
-    spec: WarmModelSpec, seed: int, folder: Path, pinned: bool, phases_1_2_from: Path | None
-) -> None:
-    """Trains and saves into ``folder`` in a child interpreter started with ``PINNED_NUMERICS`` (its
+def _train_in_child_process(spec: WarmModelSpec, seed: int, folder: Path) -> None:
+    """Trains and saves into ``folder`` in a child interpreter started without ``KERNEL_VARIABLES`` (its
     progress lines go to this process's console)."""
-    env = {**os.environ, **(PINNED_NUMERICS if pinned else {})}
+    env = {name: value for name, value in os.environ.items() if name not in KERNEL_VARIABLES}
     command = [
         sys.executable,
         "-m",
@@ -393,10 +355,6 @@ def _train_in_pinned_process(
         "--out",
         str(folder),
     ]
-    if pinned:
-        command.append("--expect-pinned")
-    if phases_1_2_from is not None:
-        command += ["--phases-1-2-from", str(phases_1_2_from)]
     code = subprocess.run(command, env=env, check=False).returncode
     if code != 0:
         raise BuildModelError(
