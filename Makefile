@@ -17,7 +17,7 @@ test: setup
 	$(PYTEST) --timeout=1800 --durations=25 tests
 
 # Everything that needs neither verl's real stack (marker `verl`) nor the warmed model (marker
-# `warm_model`: a ~12 minute build the first time on a machine): minutes, for the edit-test loop.
+# `warm_model`: a ~10 minute build the first time on a machine): minutes, for the edit-test loop.
 test-fast: setup
 	$(PYTEST) --timeout=600 --durations=10 -m "not verl and not warm_model" tests
 

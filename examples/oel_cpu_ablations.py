@@ -17,7 +17,7 @@ prompts and sampling seeds), so its numbers are OEL's.
 
     python examples/oel_cpu_ablations.py                   # 6 recipes x 3 seeds, about 75 min on 2 cores
     python examples/oel_cpu_ablations.py --seeds 0 --recipes oel-cpu-demo
-    python examples/oel_cpu_ablations.py --recipes oel-cpu-corridor   # the multi-turn corridor, ~12 min
+    python examples/oel_cpu_ablations.py --recipes oel-cpu-corridor   # the multi-turn corridor, ~10 min
 
 Each run is ``verl-oel train`` in its own directory under ``--run-dir``: rerunning the script resumes
 unfinished runs and only re-reads finished ones. The table is also written to ``RUN_DIR/table.md``.

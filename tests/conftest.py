@@ -37,7 +37,7 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def warm_model_dir() -> Path:
-    """The warmed tiny model of the CPU demo and corridor (~12 minutes to build once; cached like the tiny
+    """The warmed tiny model of the CPU demo and corridor (~10 minutes to build once; cached like the tiny
     one)."""
     from verl_oel.models.warm import build_warm_model
 

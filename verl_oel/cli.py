@@ -182,7 +182,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .oel.launcher import run_oel
 
     run_dir = Path(args.run_dir).resolve()
-    print("verl-oel demo: the warmed tiny model (built once, ~12 min on 2 cores; then cached)", flush=True)
+    print("verl-oel demo: the warmed tiny model (built once, ~10 min on 2 cores; then cached)", flush=True)
     model_dir = build_warm_model(run_dir / "models" / "warm", seed=args.seed)
     print(f"verl-oel demo: model {model_dir}", flush=True)
     return run_oel(

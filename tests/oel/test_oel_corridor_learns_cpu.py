@@ -1,17 +1,17 @@
 """OEL learns the MULTI-TURN game: one round of ``oel-cpu-corridor`` through verl's real stack on CPU.
 
 The corridor (3 rooms of 5 doors, 7 turns, held-out family "ship") holds the game log in every turn
-prompt. Without the rule the corridor-warmed model is stuck at locked doors; one round (it writes the
+prompt. Without the rule the warmed model is stuck at locked doors; one round (it writes the
 rule from its own games, then consolidates it) must make it win more AND in fewer turns, without the
 knowledge in its prompt.
 
 Margins, from the 3-seed runs of ``examples/oel_cpu_ablations.py --recipes oel-cpu-corridor`` (README,
 "A multi-turn game"; 32 held-out games an evaluation):
-- pass rate without knowledge: 0 / 0 / 3 % -> 100 % after round 1 (AMD EPYC build, sha256 64ad2648...),
-  12-16 % -> 100 % (the Intel Xeon's build); the test asks for a 50-point gain, half the smallest gain
-  measured (84 points);
-- turns per game without knowledge: 7.0 / 7.0 / 6.9 -> 3.0 / 3.1 / 3.0 (0.43x); the test asks for the
-  issue's bar, 0.6x, and for fewer response tokens per game too (27.8 -> 12.1 measured).
+- pass rate without knowledge: 0 / 0 / 0 % -> 100 % after round 1 (the seed-0 warm build of the reference
+  CPU, sha256 8cf124b1..., 2026-12-08), 12-16 % -> 100 % with an earlier Intel Xeon build; the test asks
+  for a 50-point gain, half the smallest gain measured (84 points);
+- turns per game without knowledge: 7.0 -> 3.0 / 3.0 / 3.1 (0.43x); the test asks for the issue's bar,
+  0.6x, and for fewer response tokens per game too (28.0 -> 12.2 measured).
 The out-of-domain corridors are left out (``oel.ood.games=[]``): they add three 32-game evaluations a
 round, and ``test_oel_empty_round_cpu.py`` covers their measurement.
 """

@@ -46,7 +46,7 @@ algorithms, and a child interpreter whose float kernels the caller's environment
 ``train.KERNEL_VARIABLES``). Another CPU may build another model: the last float bits of its kernels
 differ, and a thousand steps amplify them (README "The warm build": which CPU the tests' figures come
 from, and what an earlier kernel pin cost and did not deliver). Two threads, the machine's two cores:
-a build takes ~12 minutes on an AMD EPYC with nothing else running (on a machine shared with other
+a build takes ~10 minutes on an AMD EPYC with nothing else running (on a machine shared with other
 jobs, two threads spin against them and can run many times slower; build first, then run).
 """
 
